@@ -1,0 +1,1 @@
+"""Streaming inference for emotalk-stream (chunked/causal engine, ONNX/TensorRT backends)."""

@@ -1,0 +1,1 @@
+"""Microphone/file/pipe to avatar: sources, post-processing and network sinks."""

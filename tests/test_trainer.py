@@ -1,0 +1,102 @@
+"""The trainer on a tiny real corpus: it learns, checkpoints, resumes, and runs under torchrun/DDP."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emotalk_stream.training import config, corpus, trainer
+from emotalk_stream.training.checkpoint import load_model
+from emotalk_stream.training.data import by_split, load_folder, pair_groups
+from emotalk_stream.training.losses import EmoTalkLoss
+from emotalk_stream.training.model import EmoTalk
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "data"
+    corpus.generate(out, 0.1, seed=5, workers=1, progress=False)
+    return out
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--out", str(out), "--batch-size", "4", "--quiet", *extra]
+
+
+def test_loss_falls_on_real_pairs(tiny_corpus: Path) -> None:
+    torch.manual_seed(0)
+    cfg = config.small()
+    clips = trainer.load_clips(by_split(load_folder(tiny_corpus), "train"), cfg, "", quiet=True)
+    group = pair_groups([c.info for c in clips])[0]
+    batch = trainer.collate([(clips[group[0]], clips[group[1]]), (clips[group[1]], clips[group[0]])], 30, None)
+    module = EmoTalkLoss(EmoTalk(cfg))
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        loss, parts = module(batch, lookahead=2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert set(parts) == {"self", "cross", "velocity", "classification"}
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_checkpoints_and_resumes(tiny_corpus: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert trainer.main(train_args(tiny_corpus, run, "--epochs", "1")) == 0
+    first = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(first) == 1 and first[0]["epoch"] == 1
+    best = load_model(run / "best")
+    assert best.emotion_prototypes.abs().sum() > 0  # filled for --emotion overrides
+    assert best.cfg.extra["cross_reconstruction"] is True
+
+    assert trainer.main(train_args(tiny_corpus, run, "--epochs", "1")) == 2  # refuses to overwrite
+    assert trainer.main(train_args(tiny_corpus, run, "--epochs", "2", "--resume")) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert log[1]["step"] == 2 * log[0]["step"]
+
+
+def test_same_seed_same_weights(tiny_corpus: Path, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert trainer.main(train_args(tiny_corpus, tmp_path / name, "--epochs", "1", "--no-cross")) == 0
+    a, b = (load_model(tmp_path / n / "last") for n in ("a", "b"))
+    for (key, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), key
+
+
+def test_broken_clip_is_one_clear_line(tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    victim = sorted((data / "clips").glob("*.npy"))[0]
+    victim.write_bytes(b"not a numpy file")
+    assert trainer.main(train_args(data, tmp_path / "run", "--epochs", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and victim.name in err[0] and "Traceback" not in err[0]
+
+
+def test_torchrun_ddp_on_two_cpu_processes(tiny_corpus: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m", "emotalk_stream.training.trainer",
+         *train_args(tiny_corpus, run, "--epochs", "1", "--device", "cpu")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((run / "log.jsonl").read_text())
+    clips = trainer.load_clips(by_split(load_folder(tiny_corpus), "train"), config.small(), "", quiet=True)
+    batches = trainer.epoch_batches(clips, pair_groups([c.info for c in clips]), 4, random.Random(0))
+    assert record["step"] == len(batches) // 2  # each rank took its half of the epoch
+    weights = load_model(run / "best").state_dict()
+    assert all(np.isfinite(t.numpy()).all() for t in weights.values())

@@ -1,0 +1,1 @@
+"""Project tools: reproduction of the bundled model, benchmarks and conversions."""

@@ -1,0 +1,116 @@
+"""Audio files in and out: 16 kHz mono float32 in [-1, 1], the engine's contract.
+
+Every command that takes a sound file (inference, evaluation, the streamer's file source, the
+Live Link Face loader) reads it here, so that one place turns a bad file into one clear error.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torchaudio.functional import resample
+
+from .errors import UserError
+
+SAMPLE_RATE = 16000
+# WAV writers that stream (ffmpeg to a pipe, crashed recorders) leave these as the data size.
+_UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
+
+
+def _check_wav_complete(path: Path) -> None:
+    """Refuse a RIFF/WAVE file whose data chunk is shorter than its header says.
+
+    libsndfile silently reads what is there, which would misalign audio and labels.
+    """
+    with path.open("rb") as f:
+        head = f.read(12)
+        if head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return
+        f.seek(0, 2)
+        size = f.tell()
+        position = 12
+        while position + 8 <= size:
+            f.seek(position)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                present = size - position - 8
+                if length not in _UNKNOWN_WAV_SIZES and present < length:
+                    raise UserError(f"audio file {path} is truncated: its header promises {length} bytes "
+                                    f"of samples but only {present} are present; copy or export it again")
+                return
+            position += 8 + length + (length & 1)
+
+
+@contextlib.contextmanager
+def _c_stderr_silenced() -> Iterator[None]:
+    """Mute file descriptor 2 while libsndfile probes a file.
+
+    Its MP3 decoder (libmpg123) prints warnings straight to fd 2 when probing a file that is not
+    audio, which would break the one-line error contract; our UserError names the problem.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 to protect
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Any file soundfile reads, any rate and channel count -> (N,) float32 mono in [-1, 1]."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"audio file {path} does not exist: check the path")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an audio file: give the path of a WAV/FLAC/OGG file")
+    if path.stat().st_size == 0:
+        raise UserError(f"audio file {path} is empty (0 bytes): record or export it again")
+    try:
+        _check_wav_complete(path)
+    except OSError as exc:
+        raise UserError(f"cannot open audio file {path} ({exc.strerror}): check its permissions") from exc
+    try:
+        with _c_stderr_silenced():
+            handle = sf.SoundFile(str(path))
+        with handle:
+            rate = handle.samplerate
+            data = handle.read(dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as exc:
+        detail = str(getattr(exc, "error_string", exc)).rstrip(".")
+        if "does not exist" in detail:  # libsndfile's words for bytes no decoder recognises
+            detail = "no decoder recognises the data"
+        raise UserError(f"cannot read {path} as audio ({detail}): the file is corrupt, truncated or not "
+                        f"in a format soundfile reads (WAV, FLAC, OGG, MP3); convert it to WAV") from exc
+    if data.shape[0] == 0:
+        raise UserError(f"audio file {path} has no samples: record or export it again")
+    mono = data.mean(axis=1)
+    if rate != sample_rate:
+        mono = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, sample_rate).numpy()
+    mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono (N,) or (N, channels) audio in [-1, 1] as 16-bit PCM WAV (what every player reads)."""
+    path = Path(path)
+    samples = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), samples, sample_rate, subtype="PCM_16", format="WAV")
+    except (OSError, sf.SoundFileError, RuntimeError) as exc:
+        raise UserError(f"cannot write {path} ({exc}): check the folder exists and is writable") from exc

@@ -1,0 +1,331 @@
+"""emotalk-corpus: the synthetic emotional speech corpus (espeak-ng audio + ARKit-52 labels).
+
+No public emotional 3D data can be downloaded, so content and emotion are known by construction:
+espeak-ng speaks generated sentences with 24 voices, 8 emotions and 2 levels; the labels follow
+its own phoneme events. Each sentence is spoken by 2 persons with 4 emotions each (8 clips), which
+gives the cross-reconstruction pairs (same content and person, different emotion) that EmoTalk
+trains on. Splits are by sentence, 80/10/10, so validation and test content is unseen.
+
+Layout of DIR:
+    metadata.csv     clip,content,emotion,level,person,split,frames,seconds,sentence
+    corpus.json      generator settings and counts
+    clips/{clip}.wav          16 kHz mono PCM16
+    clips/{clip}.npy          (T, 52) float32, EmoTalk order, frame k at k/30 s
+    clips/{clip}.align.json   [[start_s, end_s, phoneme], ...] in the clip's time
+
+A seed fixes every byte, whatever the number of workers.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional as AF
+from tqdm import tqdm
+
+from . import blendshapes, visemes
+from .config import RAVDESS_EMOTIONS
+from .errors import UserError, add_debug_flag, run_cli
+from .espeak import Espeak, default_espeak
+from .expressions import EMOTIONS, PERSONS, SAMPLE_RATE, STRENGTH, colour, face, person, voice
+from .sentences import sentences
+
+CORPUS_VERSION = 1
+FPS = visemes.FPS
+COLUMNS = ("clip", "content", "emotion", "level", "person", "split", "frames", "seconds", "sentence")
+SPLITS = ("train", "val", "test")
+PERSONS_PER_SENTENCE = 2
+EMOTIONS_PER_PERSON = 4
+SILENCE_S = (0.15, 0.6)  # leading and trailing silence, each drawn from this range
+NOISE_RMS = 3e-4  # the noise floor under the whole clip (about -70 dBFS)
+
+
+class Clip(NamedTuple):
+    audio: np.ndarray  # float32 16 kHz mono in [-1, 1]
+    labels: np.ndarray  # (T, 52) float32 in [0, 1], T = ceil(len(audio) / 16000 * 30)
+    phonemes: list[tuple[float, float, str]]  # espeak-ng phoneme events, seconds in the clip
+
+
+def frame_count(samples: int) -> int:
+    """T = ceil(samples / 16000 * 30), in exact integer arithmetic."""
+    return -(-samples * FPS // SAMPLE_RATE)
+
+
+def synthesize_clip(sentence: str, person_index: int, emotion: str, level: int,
+                    rng: np.random.Generator, espeak: Espeak | None = None) -> Clip:
+    """Speak one sentence as one person with one emotion and level; audio, labels, phoneme events.
+
+    `rng` decides the take-to-take variation (small prosody jitter, silence lengths, noise), so the
+    same generator state gives the same clip.
+    """
+    if emotion not in EMOTIONS:
+        raise ValueError(f"emotion must be one of {', '.join(RAVDESS_EMOTIONS)}, got {emotion!r}")
+    if level not in (0, 1):
+        raise ValueError(f"level must be 0 or 1, got {level!r}")
+    who, style, strength = person(person_index), EMOTIONS[emotion], STRENGTH[level]
+    espeak = espeak or default_espeak()
+    spoken = espeak.synthesize(sentence, voice(who, style, strength, rng), seed=int(rng.integers(2**31)))
+
+    speech = torch.from_numpy(spoken.samples.astype(np.float32) / 32768.0)
+    speech = AF.resample(speech, spoken.sample_rate, SAMPLE_RATE).numpy()
+    speech = colour(speech, style, strength, rng)
+    lead, trail = (int(round(rng.uniform(*SILENCE_S) * SAMPLE_RATE)) for _ in range(2))
+    audio = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(trail, np.float32)])
+    audio = audio + NOISE_RMS * rng.standard_normal(len(audio)).astype(np.float32)
+    peak = float(np.max(np.abs(audio)))
+    if peak > 0.99:
+        audio *= 0.99 / peak
+    audio = audio.astype(np.float32)
+
+    offset = lead / SAMPLE_RATE
+    speech_end_s = offset + len(spoken.samples) / spoken.sample_rate
+    phones = visemes.segments([offset + e.sample / spoken.sample_rate for e in spoken.phonemes],
+                              [e.name for e in spoken.phonemes], speech_end_s)
+    phones = [p for p in phones if p.end > p.start]
+    spoken_phones = [p for p in phones if not visemes.is_pause(p.name)]
+    start = spoken_phones[0].start if spoken_phones else offset
+    end = spoken_phones[-1].end if spoken_phones else offset
+    frames = frame_count(len(audio))
+    lower = visemes.lower_face(phones, start, end, frames)
+    labels = face(lower, who, style, strength, start, end, accents(audio, phones))
+    return Clip(audio, labels, [(p.start, p.end, p.name) for p in phones])
+
+
+def accents(audio: np.ndarray, phones: list[visemes.Segment]) -> list[tuple[float, float]]:
+    """(time, prominence) of stressed vowels, found from the audio: louder and longer than usual.
+
+    Brow raises follow these, so a model can predict them from the sound.
+    """
+    vowels = [p for p in phones if p.name in visemes.VOWELS and p.end - p.start > 0.02]
+    if len(vowels) < 2:
+        return []
+    level_db = np.array([10 * np.log10(np.mean(audio[int(p.start * SAMPLE_RATE):int(p.end * SAMPLE_RATE)] ** 2)
+                                       + 1e-10) for p in vowels])
+    length = np.array([p.end - p.start for p in vowels])
+    score = (level_db - np.median(level_db)) / 4.0 + np.log2(length / np.median(length))
+    return [(p.start + 0.35 * (p.end - p.start), float(min(s, 1.0)))
+            for p, s in zip(vowels, score) if s > 0.25]
+
+
+@dataclass(frozen=True)
+class Take:
+    person: int
+    emotion: str
+    level: int
+
+
+@dataclass(frozen=True)
+class SentenceJob:
+    index: int  # the content id
+    text: str
+    split: str
+    seed: int
+    takes: tuple[Take, ...]
+
+
+def split_of(index: int, seed: int) -> str:
+    """80/10/10 by sentence: every block of 10 consecutive sentences has 8 train, 1 val, 1 test."""
+    position = int(np.random.default_rng([seed, 0x5B17, index // 10]).permutation(10)[index % 10])
+    return "train" if position < 8 else ("val" if position == 8 else "test")
+
+
+def jobs(seed: int) -> Iterator[SentenceJob]:
+    """Sentences in order with their persons, emotions and levels.
+
+    Every 12 sentences use all 24 persons once; every sentence uses all 8 emotions once (4 per
+    person), so persons and emotions stay balanced in any prefix of the corpus.
+    """
+    for index, text in enumerate(sentences(seed)):
+        people = np.random.default_rng([seed, 0x9E45, index // 12]).permutation(PERSONS)
+        pair = people[2 * (index % 12): 2 * (index % 12) + PERSONS_PER_SENTENCE]
+        rng = np.random.default_rng([seed, 0xE40, index])
+        order = rng.permutation(len(RAVDESS_EMOTIONS))
+        levels = rng.integers(0, 2, len(order))
+        takes = tuple(Take(int(pair[i // EMOTIONS_PER_PERSON]), RAVDESS_EMOTIONS[e], int(lv))
+                      for i, (e, lv) in enumerate(zip(order, levels)))
+        yield SentenceJob(index, text, split_of(index, seed), seed, takes)
+
+
+def clip_id(index: int, take: Take) -> str:
+    return f"s{index:05d}_p{take.person:02d}_{take.emotion}_{take.level}"
+
+
+class _Rendered(NamedTuple):
+    row: dict[str, str | int | float]
+    files: dict[str, bytes]  # file name in clips/ -> content
+
+
+def render(job: SentenceJob, espeak: Espeak | None = None) -> list[_Rendered]:
+    """All clips of one sentence, encoded as file bytes (so workers do the encoding)."""
+    rendered = []
+    for slot, take in enumerate(job.takes):
+        name = clip_id(job.index, take)
+        clip = synthesize_clip(job.text, take.person, take.emotion, take.level,
+                               np.random.default_rng([job.seed, job.index, slot]), espeak)
+        wav, npy = io.BytesIO(), io.BytesIO()
+        soundfile.write(wav, clip.audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        np.save(npy, clip.labels)
+        align = json.dumps([[round(s, 4), round(e, 4), p] for s, e, p in clip.phonemes])
+        row = {"clip": name, "content": job.index, "emotion": take.emotion, "level": take.level,
+               "person": take.person, "split": job.split, "frames": int(clip.labels.shape[0]),
+               "seconds": round(len(clip.audio) / SAMPLE_RATE, 4), "sentence": job.text}
+        rendered.append(_Rendered(row, {f"{name}.wav": wav.getvalue(), f"{name}.npy": npy.getvalue(),
+                                        f"{name}.align.json": align.encode()}))
+    return rendered
+
+
+_WORKER_ESPEAK: Espeak | None = None
+
+
+def _start_worker(library: str) -> None:
+    global _WORKER_ESPEAK
+    torch.set_num_threads(1)
+    _WORKER_ESPEAK = Espeak(library)
+
+
+def _render_in_worker(job: SentenceJob) -> list[_Rendered]:
+    return render(job, _WORKER_ESPEAK)
+
+
+def _rendered(seed: int, workers: int, espeak: Espeak) -> Iterator[list[_Rendered]]:
+    """Rendered sentences in order; with workers > 1 a few sentences are rendered ahead."""
+    if workers == 1:
+        for job in jobs(seed):
+            yield render(job, espeak)
+        return
+    # spawn, not fork: the caller may hold CUDA or threads that a forked worker must not inherit.
+    pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (espeak.library,))
+    try:
+        pending: deque = deque()
+        for job in jobs(seed):
+            pending.append(pool.apply_async(_render_in_worker, (job,)))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().get()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+@dataclass(frozen=True)
+class CorpusSummary:
+    out: Path
+    clips: int
+    sentences: int
+    seconds: float
+    splits: dict[str, dict[str, float]]  # split -> {"clips", "sentences", "seconds"}
+    elapsed_s: float
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    """Refuse to mix corpora: an existing non-empty --out needs --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"--out {out} is not empty: choose a new directory or pass --overwrite")
+        shutil.rmtree(out / "clips", ignore_errors=True)
+        for name in ("metadata.csv", "corpus.json"):
+            (out / name).unlink(missing_ok=True)
+    try:
+        (out / "clips").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out} ({exc.strerror}): choose a writable directory") from exc
+    if not os.access(out / "clips", os.W_OK):
+        raise UserError(f"cannot write to --out {out} (permission denied): choose a writable directory")
+
+
+def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bool = False,
+             progress: bool = True, espeak_library: str | None = None) -> CorpusSummary:
+    """Write a corpus of at least `hours` of audio to `out` (whole sentences, so slightly more)."""
+    if not (hours > 0 and math.isfinite(hours)):
+        raise UserError(f"--hours must be greater than 0, got {hours}: e.g. --hours 3")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    out = Path(out)
+    espeak = Espeak(espeak_library) if espeak_library else default_espeak()
+    _prepare(out, overwrite)
+    began = time.perf_counter()
+    target = hours * 3600.0
+    rows: list[dict[str, str | int | float]] = []
+    seconds = 0.0
+    bar = tqdm(total=max(1, round(target / 2.8)), unit="clip", desc="emotalk-corpus", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    with bar:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same arithmetic in this process as in a worker
+        rendered = _rendered(seed, workers, espeak)
+        try:
+            for sentence in rendered:
+                for clip in sentence:
+                    for name, data in clip.files.items():
+                        (out / "clips" / name).write_bytes(data)
+                    rows.append(clip.row)
+                    seconds += float(clip.row["seconds"])
+                bar.total = max(len(rows), round(len(rows) * target / seconds))
+                bar.update(len(sentence))
+                if seconds >= target:
+                    break
+        finally:
+            rendered.close()  # stops the worker pool now, not when garbage collected
+            torch.set_num_threads(threads)
+    rows.sort(key=lambda r: str(r["clip"]))
+    with open(out / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    splits = {s: {"clips": sum(r["split"] == s for r in rows),
+                  "sentences": len({r["content"] for r in rows if r["split"] == s}),
+                  "seconds": round(sum(float(r["seconds"]) for r in rows if r["split"] == s), 3)}
+              for s in SPLITS}
+    summary = CorpusSummary(out, len(rows), len({r["content"] for r in rows}), round(seconds, 3), splits,
+                            time.perf_counter() - began)
+    settings = {
+        "version": CORPUS_VERSION, "generator": "emotalk-corpus", "seed": seed, "hours": hours,
+        "sample_rate": SAMPLE_RATE, "fps": FPS, "blendshapes": list(blendshapes.NAMES),
+        "emotions": list(RAVDESS_EMOTIONS), "levels": {"0": STRENGTH[0], "1": STRENGTH[1]},
+        "persons": [person(i).voice for i in range(PERSONS)], "espeak_ng": espeak.version,
+        "counts": {"clips": summary.clips, "sentences": summary.sentences, "seconds": summary.seconds,
+                   "splits": splits},
+    }
+    (out / "corpus.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emotalk-corpus", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="output directory (new or empty)")
+    parser.add_argument("--hours", type=float, required=True, help="hours of audio to generate")
+    parser.add_argument("--seed", type=int, default=0, help="fixes every byte of the corpus (default 0)")
+    parser.add_argument("--workers", type=int, default=1, help="synthesis processes (default 1)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace clips/, metadata.csv and corpus.json in a non-empty --out")
+    add_debug_flag(parser)
+
+    def body(args: argparse.Namespace) -> int:
+        summary = generate(args.out, args.hours, args.seed, args.workers, args.overwrite)
+        splits = ", ".join(f"{s} {summary.splits[s]['clips']}" for s in SPLITS)
+        print(f"wrote {summary.clips} clips ({summary.seconds / 3600:.2f} h, {summary.sentences} sentences; "
+              f"{splits}) to {summary.out} in {summary.elapsed_s:.0f} s")
+        return 0
+
+    return run_cli("emotalk-corpus", body, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""`emotalk-eval`: score a model on a data split against two baselines that ignore the words.
+
+A model is only worth something where it beats the mean pose (every frame the train split's
+average face) and the energy baseline (the same, with jawOpen following loudness). Both are fitted
+on the train split of the same folder, so the comparison needs no other data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .audio import read_audio
+from .checkpoint import load_model
+from .data import ClipInfo, by_split, load_folder, read_labels
+from .errors import UserError, add_debug_flag, run_cli
+from .infer import emotion_index, eval_mode
+from .metrics import (FaceTemplates, baseline_energy, baseline_mean_pose, emotion_accuracy,
+                      load_templates, score_clips)
+from .model import EmoTalk
+
+PROG = "emotalk-eval"
+METRICS = ("lip_mae", "lip_max_error", "upper_mae", "jaw_open_corr", "emotion_accuracy", "jitter")
+VERTEX_METRICS = ("lve_mm", "eve_mm")
+BASELINES = ("baseline_mean_pose", "baseline_energy")
+
+
+def _majority_emotion(train_clips: Sequence[ClipInfo], labels: Sequence[str]) -> int | None:
+    """The train split's most frequent emotion, as an index into `labels`: the chance-level guess."""
+    counts = Counter(emotion_index(c.emotion, labels) for c in train_clips if c.emotion is not None)
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+@torch.inference_mode()
+def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[ClipInfo],
+             templates: FaceTemplates | None = None, lookahead: int | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Score `model` on `clips` offline (full context) and the baselines fitted on `train_clips`.
+
+    Predictions are clipped to [0, 1], as users receive them. Emotion accuracy counts clips whose
+    emotion maps onto one of the model's labels by name (`emotion_clips`); None where none does.
+    """
+    if not clips:
+        raise UserError("no clips to evaluate: choose a split that has clips")
+    if not train_clips:
+        raise UserError("the baselines are fitted on the train split, and it has no clips: "
+                        "evaluate a folder that has a train split")
+    cfg = model.cfg
+    train = [(read_audio(c.wav, cfg.sample_rate), read_labels(c.npy))
+             for c in tqdm(train_clips, desc="fitting baselines", file=sys.stderr, disable=not progress)]
+    baselines = {
+        "baseline_mean_pose": baseline_mean_pose([y for _, y in train]),
+        "baseline_energy": baseline_energy([a for a, _ in train], [y for _, y in train], cfg.sample_rate, cfg.fps),
+    }
+    device = next(model.parameters()).device
+    truths: list[np.ndarray] = []
+    preds: dict[str, list[np.ndarray]] = {"model": [], **{name: [] for name in baselines}}
+    guessed, actual = [], []
+    with eval_mode(model):
+        for clip in tqdm(clips, desc="evaluating", file=sys.stderr, disable=not progress):
+            audio, labels = read_audio(clip.wav, cfg.sample_rate), read_labels(clip.npy)
+            frames = len(labels)
+            weights, logits = model(torch.from_numpy(audio)[None].to(device),
+                                    level=torch.tensor([clip.level], device=device),
+                                    person=torch.tensor([clip.person], device=device),
+                                    frame_num=frames, lookahead=lookahead)
+            truths.append(labels)
+            preds["model"].append(weights[0].float().clamp(0.0, 1.0).cpu().numpy())
+            for name, baseline in baselines.items():
+                preds[name].append(baseline.predict(audio, frames))
+            truth = emotion_index(clip.emotion, cfg.emotion_labels) if clip.emotion else None
+            if truth is not None:
+                actual.append(truth)
+                guessed.append(int(logits[0].argmax()))
+
+    majority = _majority_emotion(train_clips, cfg.emotion_labels)
+    result: dict[str, Any] = {**score_clips(preds["model"], truths, templates),
+                              "emotion_accuracy": emotion_accuracy(guessed, actual),
+                              "clips": len(clips), "emotion_clips": len(actual)}
+    for name, baseline in baselines.items():
+        scores = score_clips(preds[name], truths, templates)
+        scores.pop("frames")
+        scores["emotion_accuracy"] = (emotion_accuracy([majority] * len(actual), actual)
+                                      if majority is not None else None)
+        if baseline.loudness:
+            scores["loudness"] = baseline.loudness
+        result[name] = scores
+    return result
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The metrics as a readable table: one row per metric, the model beside the two baselines."""
+    keys = METRICS + tuple(k for k in VERTEX_METRICS if k in result)
+    lines = [f"{result['model']} on split {result['split']}: {result['clips']} clips, {result['frames']} frames "
+             f"({result['emotion_clips']} with an emotion the model knows)",
+             f"{'metric':<18}{'model':>10}{'mean pose':>12}{'energy':>10}"]
+    for key in keys:
+        lines.append(f"{key:<18}{_cell(result[key]):>10}{_cell(result['baseline_mean_pose'][key]):>12}"
+                     f"{_cell(result['baseline_energy'][key]):>10}")
+    lines.append(f"energy baseline loudness scale: {result['baseline_energy'].get('loudness', '-')}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Score a model on a data split (offline, full context) against the "
+                               "mean-pose and energy baselines fitted on the train split.")
+    parser.add_argument("--model", default="default", help="'default' (bundled) or a checkpoint folder")
+    parser.add_argument("--data", type=Path, required=True, help="data folder (emotalk-corpus output or wav+npy pairs)")
+    parser.add_argument("--split", default="test", help="split to score: train, val or test (default: test)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
+    parser.add_argument("--templates", type=Path, default=None,
+                        help="face rig .npz (neutral, blendshapes, lip_vertices, upper_vertices[, names, "
+                             "unit_mm]) to also report LVE/EVE in mm")
+    parser.add_argument("--lookahead", type=int, default=None,
+                        help="encoder frames (20 ms) of future audio; default: the model's setting")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N clips of the split")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    add_debug_flag(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit} must be at least 1")
+    if args.lookahead is not None and args.lookahead < 0:
+        raise UserError(f"--lookahead {args.lookahead} must be 0 or more")
+    templates = load_templates(args.templates) if args.templates else None
+    clips = load_folder(args.data)
+    chosen = by_split(clips, args.split)[:args.limit]
+    train = [c for c in clips if c.split == "train"]
+    model = load_model(args.model, args.device)
+    result = {**evaluate(model, chosen, train, templates, args.lookahead, progress=True),
+              "split": args.split, "model": str(args.model)}
+    print(json.dumps(result) if args.json else format_table(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(PROG, _run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""EmoTalk (arXiv 2303.11089): emotion-disentangling encoders and an emotion-guided decoder.
+
+One implementation for the whole family, sized by `ModelConfig`. Module names follow the official
+release (reference/emotalk-official.md) so that `large` loads `EmoTalk.pth` key for key:
+
+    audio --> audio_encoder_cont --> audio_feature_map_cont ------------> content  (content_dim)
+    audio --> audio_encoder_emo  --> audio_feature_map_emo  --> memory  (d_model)
+                                 +-> classifier -> emotion logits      |-> audio_feature_map_emo2 -> emotion (emotion_dim)
+    level  (one-hot 2)  --> obj_vector_level  ----------------------------> level (level_dim)
+    person (one-hot 24) --> obj_vector_person ----------------------------> person (person_dim)
+    tgt = [content, emotion, level, person]  --(causal ALiBi self-attn, cross-attn to memory)--> bs_map_r -> 52
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import EncoderConfig, ModelConfig
+from .streaming_encoder import StreamingEncoder
+from .wav2vec2 import Wav2Vec2Model, linear_interpolation
+
+
+DECODE_BLOCK = 512  # output frames per decoder call on long clips
+
+
+def frame_count(num_samples: int, sample_rate: int = 16000, fps: int = 30) -> int:
+    """Output frames for a clip, as the official demo counts them: ceil(seconds * fps)."""
+    return math.ceil(num_samples / sample_rate * fps)
+
+
+def build_backbone(cfg: EncoderConfig, fps: int) -> nn.Module:
+    if cfg.kind == "wav2vec2":
+        return Wav2Vec2Model(cfg)
+    if cfg.kind == "streaming":
+        return StreamingEncoder(cfg, fps)
+    raise ValueError(f"unknown encoder kind {cfg.kind!r}")
+
+
+class ClassificationHead(nn.Module):
+    """dropout -> dense -> tanh -> dropout -> out_proj, over time-pooled encoder features."""
+
+    def __init__(self, hidden: int, n_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.out_proj = nn.Linear(hidden, n_labels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+
+
+class EmotionEncoder(nn.Module):
+    """An audio encoder plus an emotion classifier; its per-frame features guide the decoder."""
+
+    def __init__(self, cfg: EncoderConfig, n_labels: int, fps: int):
+        super().__init__()
+        # The official checkpoint names the backbone `wav2vec2`; ours is a streaming encoder.
+        self.backbone_name = "wav2vec2" if cfg.kind == "wav2vec2" else "encoder"
+        self.add_module(self.backbone_name, build_backbone(cfg, fps))
+        self.classifier = ClassificationHead(cfg.hidden, n_labels)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self, self.backbone_name)
+
+    def forward(self, audio: Tensor, frame_num: int, lookahead: int | None = None,
+                valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return per-frame features (B, T, hidden) and clip emotion logits (B, n_labels).
+
+        `valid` (B, T) marks real frames of zero-padded clips in a batch, so padding does not
+        dilute the pooled emotion (streaming encoders only).
+        """
+        if isinstance(self.backbone, Wav2Vec2Model):
+            # Official path: encode at 30/50 of the CNN rate, pool, then resample to the frames.
+            hidden = self.backbone(audio)
+            logits = self.classifier(hidden.mean(dim=1))
+            return linear_interpolation(hidden, frame_num), logits
+        hidden = self.backbone(audio, frame_num, lookahead)
+        if valid is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            weights = valid.to(hidden.dtype)[..., None]
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return hidden, self.classifier(pooled)
+
+
+def alibi_causal_bias(n_heads: int, length: int, period: int, past: int = 0,
+                      device: torch.device | None = None) -> Tensor:
+    """FaceFormer/EmoTalk self-attention bias, (heads, T, T): -slope*floor((i-j)/period), causal.
+
+    `past` > 0 also hides frames more than `past` steps back, so streaming needs a bounded cache.
+    """
+    slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)], device=device)
+    i = torch.arange(length, device=device)
+    distance = i[:, None] - i[None, :]
+    bias = -slopes[:, None, None] * torch.div(distance, period, rounding_mode="floor").clamp(min=0)
+    hidden = distance < 0
+    if past > 0:
+        hidden = hidden | (distance > past)
+    return bias.masked_fill(hidden, float("-inf"))
+
+
+def aligned_memory_mask(length: int, device: torch.device | None = None) -> Tensor:
+    """Frame i of the decoder cross-attends only to emotion frame i (True = masked)."""
+    return ~torch.eye(length, dtype=torch.bool, device=device)
+
+
+def one_hot_blend(value: Tensor, size: int) -> Tensor:
+    """Indices (B,) -> one-hot; a float level in [0, 1] -> [1 - l, l]; (B, size) weights pass through."""
+    if value.dim() == 2:
+        return value.float()
+    if value.is_floating_point() and size == 2:
+        return torch.stack([1.0 - value, value], dim=-1)
+    return F.one_hot(value.long(), size).float()
+
+
+class EmoTalk(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d_model = cfg.d_model
+        self.audio_encoder_cont = build_backbone(cfg.content, cfg.fps)
+        self.audio_encoder_emo = EmotionEncoder(cfg.emotion, len(cfg.emotion_labels), cfg.fps)
+        self.audio_feature_map_cont = nn.Linear(cfg.content.hidden, cfg.content_dim)
+        self.audio_feature_map_emo = nn.Linear(cfg.emotion.hidden, d_model)
+        self.audio_feature_map_emo2 = nn.Linear(d_model, cfg.emotion_dim)
+        self.obj_vector_level = nn.Linear(cfg.n_levels, cfg.level_dim)
+        self.obj_vector_person = nn.Linear(cfg.n_persons, cfg.person_dim)
+        layer = nn.TransformerDecoderLayer(d_model, cfg.decoder_heads, cfg.decoder_ffn, batch_first=True)
+        self.transformer_decoder = nn.TransformerDecoder(layer, num_layers=cfg.decoder_layers)
+        self.bs_map_r = nn.Linear(d_model, len(cfg.blendshapes))
+        nn.init.zeros_(self.bs_map_r.weight)
+        nn.init.zeros_(self.bs_map_r.bias)
+        # Mean emotion memory per label (filled after training): lets a user override the voice's
+        # emotion with a label and strength. Not in official checkpoints; zeros there.
+        self.register_buffer("emotion_prototypes", torch.zeros(len(cfg.emotion_labels), d_model))
+
+    def _lookahead(self, lookahead: int | None) -> int:
+        """Encoder frames of future audio: the config's inference setting unless one is given."""
+        return self.cfg.lookahead if lookahead is None else lookahead
+
+    # -- the three stages, separate so that training can cross the emotion between clips --
+
+    def encode_content(self, audio: Tensor, frame_num: int, lookahead: int | None = None) -> Tensor:
+        """(B, N) audio -> (B, T, content_dim) content features at the output frame rate."""
+        if isinstance(self.audio_encoder_cont, Wav2Vec2Model):
+            hidden = self.audio_encoder_cont(audio, frame_num)
+        else:
+            hidden = self.audio_encoder_cont(audio, frame_num, self._lookahead(lookahead))
+        return self.audio_feature_map_cont(hidden)
+
+    def encode_emotion(self, audio: Tensor, frame_num: int, lookahead: int | None = None,
+                       valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, N) audio -> emotion memory (B, T, d_model) and emotion logits (B, n_labels)."""
+        hidden, logits = self.audio_encoder_emo(audio, frame_num, self._lookahead(lookahead), valid)
+        return self.audio_feature_map_emo(hidden), logits
+
+    def override_emotion(self, memory: Tensor, label: int, strength: float) -> Tensor:
+        """Blend the voice's emotion memory towards a label's prototype (strength 0..1)."""
+        return torch.lerp(memory, self.emotion_prototypes[label].expand_as(memory), strength)
+
+    def decode(self, content: Tensor, memory: Tensor, level: Tensor, person: Tensor) -> Tensor:
+        """Fuse content, emotion, level and person and decode (B, T, 52) blendshape weights.
+
+        `level` is (B,) indices or floats in [0, 1], or (B, 2) weights; `person` is (B,) indices
+        or (B, 24) weights for a blend of styles.
+        """
+        batch, length, _ = content.shape
+        emotion = F.relu(self.audio_feature_map_emo2(memory))
+        level_emb = self.obj_vector_level(one_hot_blend(level, self.cfg.n_levels).to(content))
+        person_emb = self.obj_vector_person(one_hot_blend(person, self.cfg.n_persons).to(content))
+        tgt = torch.cat([
+            content, emotion,
+            level_emb[:, None, :].expand(batch, length, -1),
+            person_emb[:, None, :].expand(batch, length, -1),
+        ], dim=-1)
+        past = self.cfg.decoder_past
+        if past == 0 or length <= DECODE_BLOCK:
+            return self.bs_map_r(self._decode_window(tgt, memory))
+        # A bounded past makes long clips decodable block by block, exactly, in linear memory.
+        blocks = []
+        for start in range(0, length, DECODE_BLOCK):
+            first, stop = max(0, start - past), min(length, start + DECODE_BLOCK)
+            blocks.append(self._decode_window(tgt[:, first:stop], memory[:, first:stop])[:, start - first:])
+        return self.bs_map_r(torch.cat(blocks, dim=1))
+
+    def _decode_window(self, tgt: Tensor, memory: Tensor) -> Tensor:
+        batch, length, _ = tgt.shape
+        bias = alibi_causal_bias(self.cfg.decoder_heads, length, self.cfg.alibi_period,
+                                 self.cfg.decoder_past, device=tgt.device).to(tgt.dtype)
+        tgt_mask = bias.repeat(batch, 1, 1)  # (B * heads, T, T), batch-major as MultiheadAttention wants
+        return self.transformer_decoder(tgt, memory, tgt_mask=tgt_mask,
+                                        memory_mask=aligned_memory_mask(length, tgt.device))
+
+    def forward(self, audio: Tensor, level: Tensor, person: Tensor, frame_num: int | None = None,
+                lookahead: int | None = None) -> tuple[Tensor, Tensor]:
+        """Offline full-context inference: (B, N) 16 kHz audio -> (B, T, 52) weights, emotion logits."""
+        if frame_num is None:
+            frame_num = frame_count(audio.shape[-1], self.cfg.sample_rate, self.cfg.fps)
+        content = self.encode_content(audio, frame_num, lookahead)
+        memory, logits = self.encode_emotion(audio, frame_num, lookahead)
+        return self.decode(content, memory, level, person), logits

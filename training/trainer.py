@@ -1,0 +1,343 @@
+"""`emotalk-train`: train an EmoTalk model on a data folder with the paper's objective.
+
+    emotalk-train --config small --data DATA --out RUN [--epochs N] [--resume]
+    torchrun --nproc-per-node 2 -m emotalk_stream.training.trainer --config small --data DATA --out RUN
+
+Writes RUN/last (weights + optimizer, for --resume), RUN/best (lowest validation loss, with the
+emotion prototypes that --emotion overrides use) and RUN/log.jsonl (one line per epoch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from . import config as config_mod
+from .audio import read_audio
+from .checkpoint import load_model, save_checkpoint
+from .data import ClipInfo, by_split, load_folder, pair_groups, read_alignment, read_labels, time_warp
+from .errors import UserError, add_debug_flag, run_cli
+from .losses import EmoTalkLoss, PairBatch, masked_mse
+from .model import EmoTalk
+
+PROG = "emotalk-train"
+
+
+@dataclass
+class LoadedClip:
+    info: ClipInfo
+    audio: np.ndarray  # float32 16 kHz
+    labels: np.ndarray  # (T, 52)
+    emotion: int
+    alignment: list[tuple[float, float, str]] | None
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / 16000
+
+
+def load_clips(infos: list[ClipInfo], cfg: config_mod.ModelConfig, desc: str, quiet: bool) -> list[LoadedClip]:
+    labels = {name: i for i, name in enumerate(cfg.emotion_labels)}
+    loaded = []
+    for info in tqdm(infos, desc=desc, unit="clip", disable=quiet, file=sys.stderr):
+        if info.emotion not in labels:
+            raise UserError(f"clip {info.clip} has emotion {info.emotion!r}, which model config "
+                            f"{cfg.family} does not know ({', '.join(cfg.emotion_labels)})")
+        loaded.append(LoadedClip(
+            info=info, audio=read_audio(info.wav, cfg.sample_rate), labels=read_labels(info.npy),
+            emotion=labels[info.emotion],
+            alignment=read_alignment(info.align) if info.align else None,
+        ))
+    return loaded
+
+
+def warp_positions(a: LoadedClip, b: LoadedClip, fps: int) -> np.ndarray:
+    """For each frame of A, the fractional frame of B at the same spoken position."""
+    times = np.arange(len(a.labels)) / fps
+    return time_warp(a.alignment, b.alignment, a.seconds, b.seconds, times) * fps
+
+
+def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(a) for a in arrays)
+    out = np.zeros((len(arrays), length) + arrays[0].shape[1:], dtype=np.float32)
+    valid = np.zeros((len(arrays), length), dtype=bool)
+    for i, a in enumerate(arrays):
+        out[i, :len(a)] = a
+        valid[i, :len(a)] = True
+    return torch.from_numpy(out), torch.from_numpy(valid)
+
+
+def augment(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gain (+-4 dB) and a faint noise floor (35-60 dB below full scale)."""
+    gain = 10 ** (rng.uniform(-4, 4) / 20)
+    noise = rng.standard_normal(len(audio)).astype(np.float32) * 10 ** (-rng.uniform(35, 60) / 20)
+    return np.clip(audio * gain + noise, -1.0, 1.0).astype(np.float32)
+
+
+def collate(pairs: list[tuple[LoadedClip, LoadedClip]], fps: int, rng: np.random.Generator | None) -> PairBatch:
+    prep = (lambda x: augment(x, rng)) if rng is not None else (lambda x: x)
+    audio_a, _ = _pad([prep(a.audio) for a, _ in pairs])
+    audio_b, _ = _pad([prep(b.audio) for _, b in pairs])
+    labels_a, valid_a = _pad([a.labels for a, _ in pairs])
+    labels_b, valid_b = _pad([b.labels for _, b in pairs])
+    warp_ab, _ = _pad([warp_positions(a, b, fps).astype(np.float32) for a, b in pairs])
+    warp_ba, _ = _pad([warp_positions(b, a, fps).astype(np.float32) for a, b in pairs])
+    long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return PairBatch(
+        audio_a=audio_a, audio_b=audio_b, labels_a=labels_a, labels_b=labels_b,
+        valid_a=valid_a, valid_b=valid_b, warp_ab=warp_ab, warp_ba=warp_ba,
+        emotion_a=long([a.emotion for a, _ in pairs]), emotion_b=long([b.emotion for _, b in pairs]),
+        level_a=long([a.info.level for a, _ in pairs]), level_b=long([b.info.level for _, b in pairs]),
+        person=long([a.info.person for a, _ in pairs]),
+    )
+
+
+def epoch_batches(clips: list[LoadedClip], groups: list[list[int]], batch_size: int,
+                  rng: random.Random) -> list[list[tuple[int, int]]]:
+    """Every clip once as A, each with a random partner of another emotion from its group;
+    batches of similar length so little padding is computed."""
+    pairs = []
+    for group in groups:
+        for i in group:
+            partners = [j for j in group if clips[j].emotion != clips[i].emotion]
+            pairs.append((i, rng.choice(partners)))
+    rng.shuffle(pairs)
+    window = batch_size * 32
+    batches = []
+    for start in range(0, len(pairs), window):
+        chunk = sorted(pairs[start:start + window], key=lambda p: len(clips[p[0]].audio))
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@torch.inference_mode()
+def validate(model: EmoTalk, clips: list[LoadedClip], device: torch.device, batch_size: int) -> dict[str, float]:
+    """Offline self-reconstruction on the validation split at the config's look-ahead."""
+    from .blendshapes import INDEX, LIP
+
+    model.eval()
+    losses, lip_errors, correct = [], [], 0
+    jaw_pred, jaw_true = [], []
+    for start in range(0, len(clips), batch_size):
+        group = clips[start:start + batch_size]
+        audio, _ = _pad([c.audio for c in group])
+        labels, valid = _pad([c.labels for c in group])
+        audio, labels, valid = audio.to(device), labels.to(device), valid.to(device)
+        content = model.encode_content(audio, labels.shape[1])
+        memory, logits = model.encode_emotion(audio, labels.shape[1], valid=valid)
+        pred = model.decode(content, memory,
+                            torch.tensor([c.info.level for c in group], device=device),
+                            torch.tensor([c.info.person for c in group], device=device))
+        losses.append(float(masked_mse(pred, labels, valid)) * len(group))
+        correct += int((logits.argmax(-1).cpu() == torch.tensor([c.emotion for c in group])).sum())
+        mask = valid.cpu().numpy()
+        p, t = pred.cpu().numpy()[mask], labels.cpu().numpy()[mask]
+        lip_errors.append(np.abs(p[:, LIP] - t[:, LIP]).mean(axis=1))
+        jaw_pred.append(p[:, INDEX["jawOpen"]])
+        jaw_true.append(t[:, INDEX["jawOpen"]])
+    model.train()
+    jp, jt = np.concatenate(jaw_pred), np.concatenate(jaw_true)
+    return {
+        "val_loss": sum(losses) / len(clips),
+        "val_lip_mae": float(np.concatenate(lip_errors).mean()),
+        "val_jaw_open_corr": float(np.corrcoef(jp, jt)[0, 1]) if jp.std() > 0 else 0.0,
+        "val_emotion_accuracy": correct / len(clips),
+    }
+
+
+@torch.inference_mode()
+def emotion_prototypes(model: EmoTalk, clips: list[LoadedClip], device: torch.device) -> torch.Tensor:
+    """Mean emotion memory per label over the training clips: the targets of --emotion LABEL."""
+    model.eval()
+    n_labels = len(model.cfg.emotion_labels)
+    total = torch.zeros(n_labels, model.cfg.d_model, device=device)
+    count = torch.zeros(n_labels, device=device)
+    for clip in clips:
+        audio = torch.from_numpy(clip.audio)[None].to(device)
+        memory, _ = model.encode_emotion(audio, len(clip.labels))
+        total[clip.emotion] += memory[0].mean(dim=0)
+        count[clip.emotion] += 1
+    model.train()
+    return total / count.clamp(min=1)[:, None]
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path, state: dict) -> None:
+    tensors = {}
+    for index, param_state in optimizer.state_dict()["state"].items():
+        for key, value in param_state.items():
+            tensors[f"{index}.{key}"] = torch.as_tensor(value).contiguous()
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    (folder / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> dict:
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    return json.loads((folder / "trainer.json").read_text())
+
+
+def resolve_config(name: str) -> config_mod.ModelConfig:
+    if name in config_mod.PRESETS:
+        return config_mod.preset(name)
+    return config_mod.ModelConfig.load(Path(name))
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def train(args: argparse.Namespace) -> int:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    main_rank = rank == 0
+    quiet = args.quiet or not main_rank
+    out = Path(args.out)
+    resume_from = out / "last"
+    if args.resume and not (resume_from / "trainer.json").exists():
+        raise UserError(f"--resume: no checkpoint at {resume_from}; start without --resume")
+    if not args.resume and (out / "last").exists():
+        raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    cfg = resolve_config(args.config)
+    clips = load_folder(Path(args.data))
+    train_clips = load_clips(by_split(clips, "train"), cfg, "loading train", quiet)
+    val_clips = load_clips(by_split(clips, "val")[: args.val_limit], cfg, "loading val", quiet)
+    groups = pair_groups([c.info for c in train_clips])
+    if not groups:
+        raise UserError(f"{args.data} has no cross-reconstruction pairs (same content and person, "
+                        "different emotions) in its train split; generate it with emotalk-corpus")
+
+    if args.resume:
+        model = load_model(resume_from, device=device)
+        cfg = model.cfg
+    else:
+        model = EmoTalk(cfg).to(device)
+    loss_module: nn.Module = EmoTalkLoss(model, cross=not args.no_cross).to(device)
+    if world > 1:
+        loss_module = nn.parallel.DistributedDataParallel(loss_module)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    state = {"epoch": 0, "step": 0, "best_val_loss": math.inf}
+    if args.resume:
+        state = load_optimizer(optimizer, resume_from)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{PROG}: {cfg.family} model, {params / 1e6:.2f} M parameters, {len(train_clips)} train clips "
+              f"({sum(c.seconds for c in train_clips) / 3600:.2f} h), {len(groups)} pair groups, "
+              f"{'cross + self' if not args.no_cross else 'self only (ablation)'}, {world} process(es) on {device}",
+              file=sys.stderr)
+
+    started = time.monotonic()
+    max_lookahead = cfg.content.max_lookahead if cfg.content.kind == "streaming" else 0
+    for epoch in range(state["epoch"], args.epochs):
+        rng = random.Random(args.seed * 1000 + epoch)
+        aug_rng = np.random.default_rng([args.seed, epoch, rank])
+        batches = epoch_batches(train_clips, groups, args.batch_size, rng)
+        per_rank = len(batches) // world
+        mine = batches[rank::world][:per_rank]
+        totals: dict[str, float] = {}
+        bar = tqdm(mine, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=quiet, file=sys.stderr)
+        for batch_pairs in bar:
+            batch = collate([(train_clips[i], train_clips[j]) for i, j in batch_pairs], cfg.fps, aug_rng)
+            lookahead = rng.randint(0, max_lookahead)
+            loss, parts = loss_module(batch.to(device), lookahead)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss = loss.detach()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            state["step"] += 1
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        state["epoch"] = epoch + 1
+        if main_rank:
+            metrics = validate(model, val_clips, device, args.batch_size * 2)
+            record = {"epoch": epoch + 1, "step": state["step"], "minutes": (time.monotonic() - started) / 60,
+                      **{f"train_{k}": v / max(1, len(mine)) for k, v in totals.items()}, **metrics}
+            with (out / "log.jsonl").open("a") as log:
+                log.write(json.dumps(record) + "\n")
+            if not args.quiet:
+                print(f"{PROG}: epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                                 if isinstance(v, float)), file=sys.stderr)
+            if metrics["val_loss"] < state["best_val_loss"]:
+                state["best_val_loss"] = metrics["val_loss"]
+                save_checkpoint(model, out / "best", extra={"epoch": epoch + 1, **metrics})
+            save_checkpoint(model, out / "last", extra={"epoch": epoch + 1})
+            save_optimizer(optimizer, out / "last", state)
+        if args.max_minutes and (time.monotonic() - started) / 60 > args.max_minutes:
+            if main_rank and not args.quiet:
+                print(f"{PROG}: stopping after {args.max_minutes} minutes (--max-minutes); "
+                      "continue with --resume", file=sys.stderr)
+            break
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if main_rank:
+        best = load_model(out / "best", device=device)
+        best.emotion_prototypes.copy_(emotion_prototypes(best, train_clips, device))
+        extra = json.loads((out / "best" / "config.json").read_text()).get("extra", {})
+        save_checkpoint(best, out / "best", extra={**extra, "data": str(args.data), "seed": args.seed,
+                                                    "cross_reconstruction": not args.no_cross})
+        print(f"{PROG}: best model (validation loss {state['best_val_loss']:.5f}) in {out / 'best'}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="small", help="small, large, or a config.json (default: small)")
+    p.add_argument("--data", required=True, help="data folder (emotalk-corpus output or wav+npy pairs)")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and the log")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step (two clips each)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (the paper's 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--no-cross", action="store_true",
+                   help="ablation: train without cross-reconstruction (self reconstruction only)")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this time")
+    p.add_argument("--val-limit", type=int, default=400, help="validation clips per epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_debug_flag(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(PROG, train, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
