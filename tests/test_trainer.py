@@ -59,6 +59,7 @@ def test_train_checkpoints_and_resumes(tiny_corpus: Path, tmp_path: Path) -> Non
     best = load_model(run / "best")
     assert best.emotion_prototypes.abs().sum() > 0  # filled for --emotion overrides
     assert best.cfg.extra["cross_reconstruction"] is True
+    assert json.loads((run / "last" / "trainer.json").read_text())["finished"] is True
 
     assert trainer.main(train_args(tiny_corpus, run, "--epochs", "1")) == 2  # refuses to overwrite
     assert trainer.main(train_args(tiny_corpus, run, "--epochs", "2", "--resume")) == 0
@@ -100,3 +101,24 @@ def test_torchrun_ddp_on_two_cpu_processes(tiny_corpus: Path, tmp_path: Path) ->
     assert record["step"] == len(batches) // 2  # each rank took its half of the epoch
     weights = load_model(run / "best").state_dict()
     assert all(np.isfinite(t.numpy()).all() for t in weights.values())
+
+
+def test_emotion_transfer_of_identical_audio_is_self_reconstruction(tiny_corpus: Path) -> None:
+    from dataclasses import replace
+
+    from emotalk_stream.training.evaluate import emotion_transfer, evaluate
+
+    torch.manual_seed(0)
+    model = EmoTalk(config.small()).eval()
+    torch.nn.init.normal_(model.bs_map_r.weight, std=0.2)
+    torch.nn.init.constant_(model.bs_map_r.bias, 0.3)
+    clips = by_split(load_folder(tiny_corpus), "train")
+    a, b = (clips[i] for i in pair_groups(clips)[0][:2])
+    twin = replace(a, clip=a.clip + "_twin", emotion=b.emotion)  # same audio, labelled otherwise
+    transfer = emotion_transfer(model, [a, twin])
+    own = evaluate(model, [a], clips[:4])
+    assert transfer["transfer_pairs"] == 2
+    assert transfer["transfer_lip_mae"] == pytest.approx(own["lip_mae"], rel=1e-5)
+    assert transfer["transfer_upper_mae"] == pytest.approx(own["upper_mae"], rel=1e-5)
+    other = emotion_transfer(model, [a, b])  # real emotion transfer differs
+    assert other["transfer_lip_mae"] != pytest.approx(own["lip_mae"], rel=1e-3)

@@ -24,16 +24,18 @@ from emotalk_stream.training import corpus, trainer
 from emotalk_stream.training.checkpoint import DEFAULT_MODEL, load_model
 from emotalk_stream.training.data import by_split, load_folder
 from emotalk_stream.training.errors import add_debug_flag, run_cli
-from emotalk_stream.training.evaluate import evaluate
+from emotalk_stream.training.evaluate import emotion_transfer, evaluate
 
 PROG = "emotalk-reproduce"
 ROWS = (
-    ("lip_mae", "lip MAE (mouth+jaw)", "lower"),
-    ("lip_max_error", "lip max error", "lower"),
-    ("upper_mae", "upper-face MAE", "lower"),
-    ("jaw_open_corr", "jawOpen Pearson r", "higher"),
-    ("emotion_accuracy", "emotion accuracy (8 classes)", "higher"),
-    ("jitter", "jitter (mean abs 2nd difference)", "-"),
+    ("lip_mae", "lip MAE, mouth + jaw (lower is better)"),
+    ("lip_max_error", "lip max error (lower)"),
+    ("upper_mae", "upper-face MAE (lower)"),
+    ("jaw_open_corr", "jawOpen Pearson r (higher)"),
+    ("emotion_accuracy", "emotion accuracy, 8 classes (higher)"),
+    ("jitter", "jitter, mean abs 2nd difference"),
+    ("transfer_lip_mae", "emotion transfer, lip MAE (lower)"),
+    ("transfer_upper_mae", "emotion transfer, upper-face MAE (lower)"),
 )
 
 
@@ -43,8 +45,8 @@ def log(message: str) -> None:
 
 def train_run(args: argparse.Namespace, data: Path, out: Path, cross: bool) -> None:
     if (out / "last" / "trainer.json").exists():
-        done = json.loads((out / "last" / "trainer.json").read_text())["epoch"]
-        if done >= args.epochs:
+        state = json.loads((out / "last" / "trainer.json").read_text())
+        if state["epoch"] >= args.epochs and state.get("finished"):
             return
     argv = ["--config", "small", "--data", str(data), "--out", str(out), "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed)]
@@ -63,12 +65,15 @@ def markdown(results: dict) -> str:
     model, ablation = results["model"], results.get("ablation_no_cross")
     head = "| metric | small (ours) | without pairs | mean-pose baseline | energy baseline |"
     lines = [head, "|---|---|---|---|---|"]
-    for key, label, _ in ROWS:
+    for key, label in ROWS:
         def cell(scores: dict | None) -> str:
             value = None if scores is None else scores.get(key)
             return "n/a" if value is None else f"{value:.3f}"
         lines.append(f"| {label} | {cell(model)} | {cell(ablation)} | {cell(model['baseline_mean_pose'])} "
                      f"| {cell(model['baseline_energy'])} |")
+    lines.append(f"\nGround-truth jitter: {model['jitter_ground_truth']:.3f}. Test split of a fresh corpus "
+                 f"(seed {results['eval_corpus']['seed']}), {model['clips']} clips, {model['frames']} frames; "
+                 f"emotion transfer over {model['transfer_pairs']} held-out pairs.")
     return "\n".join(lines)
 
 
@@ -94,7 +99,8 @@ def reproduce(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     for key, path in runs.items():
         log(f"evaluating {path} on {len(test)} test clips of the fresh corpus")
-        results[key] = evaluate(load_model(path), test, train_split, progress=True)
+        model = load_model(path)
+        results[key] = {**evaluate(model, test, train_split, progress=True), **emotion_transfer(model, test)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     if args.install:
@@ -110,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="runs/default", help="folder for corpora, runs and results")
     p.add_argument("--hours", type=float, default=3.5, help="training corpus size (default 3.5)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--eval-hours", type=float, default=0.6, help="fresh evaluation corpus size")
+    p.add_argument("--eval-hours", type=float, default=1.2, help="fresh evaluation corpus size")
     p.add_argument("--eval-seed", type=int, default=2)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)

@@ -1,9 +1,11 @@
 """Data folders: the synthetic corpus, 3D-ETF-style folders, and cross-reconstruction pairs.
 
-A folder holds clips as `NAME.wav` (16 kHz mono) + `NAME.npy` ((T, 52) at 30 fps, EmoTalk order).
-With `metadata.csv` (our corpus) each clip has its content id, emotion, level, person and split;
-without it, RAVDESS-style names (`03-01-06-02-01-01-12`: emotion, intensity, statement, actor, as
-3D-ETF's RAVDESS part uses) are parsed, and other clips get a split from a hash of their content.
+A folder holds clips as `NAME.wav` (any rate, read as 16 kHz mono) + labels: `NAME.npy` ((T, 52)
+at 30 fps, EmoTalk order), or `NAME.csv`, a Live Link Face recording (columns by name, resampled
+to 30 fps). With `metadata.csv` (our corpus) each clip has its content id, emotion, level, person
+and split; without it, RAVDESS-style names (`03-01-06-02-01-01-12`: emotion, intensity, statement,
+actor, as 3D-ETF's RAVDESS part uses) are parsed, and other clips get a split from a hash of their
+content.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 from .blendshapes import COUNT
 from .config import RAVDESS_EMOTIONS
 from .errors import UserError
+from .livelink_csv import read_csv
 
 SPLITS = ("train", "val", "test")
 METADATA = "metadata.csv"
@@ -28,7 +31,7 @@ METADATA = "metadata.csv"
 class ClipInfo:
     clip: str
     wav: Path
-    npy: Path
+    labels: Path  # NAME.npy, or NAME.csv from Live Link Face
     content: str
     emotion: str | None
     level: int
@@ -38,7 +41,9 @@ class ClipInfo:
 
 
 def read_labels(path: Path) -> np.ndarray:
-    """(T, 52) float32 labels; a missing, unreadable or wrongly shaped file is a UserError."""
+    """(T, 52) float32 labels at 30 fps; a missing, unreadable or wrongly shaped file is a UserError."""
+    if path.suffix.lower() == ".csv":
+        return read_csv(path)
     try:
         labels = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -82,7 +87,7 @@ def _from_metadata(root: Path) -> list[ClipInfo]:
                     raise ValueError(f"split {split!r} is not one of {SPLITS}")
                 align = root / "clips" / f"{name}.align.json"
                 clips.append(ClipInfo(
-                    clip=name, wav=root / "clips" / f"{name}.wav", npy=root / "clips" / f"{name}.npy",
+                    clip=name, wav=root / "clips" / f"{name}.wav", labels=root / "clips" / f"{name}.npy",
                     content=row["content"], emotion=row["emotion"] or None, level=int(row["level"]),
                     person=int(row["person"]), split=split, align=align if align.exists() else None,
                 ))
@@ -105,8 +110,8 @@ def _parse_ravdess(stem: str) -> tuple[str, str, int, int] | None:
 def _from_pairs_of_files(root: Path) -> list[ClipInfo]:
     clips = []
     for wav in sorted(root.rglob("*.wav")):
-        npy = wav.with_suffix(".npy")
-        if not npy.exists():
+        labels = next((p for p in (wav.with_suffix(".npy"), wav.with_suffix(".csv")) if p.exists()), None)
+        if labels is None:
             continue
         parsed = _parse_ravdess(wav.stem)
         if parsed:
@@ -114,7 +119,7 @@ def _from_pairs_of_files(root: Path) -> list[ClipInfo]:
             content = f"ravdess-{statement}"
         else:
             emotion, level, person, content = None, 1, 0, wav.stem
-        clips.append(ClipInfo(clip=wav.stem, wav=wav, npy=npy, content=content, emotion=emotion,
+        clips.append(ClipInfo(clip=wav.stem, wav=wav, labels=labels, content=content, emotion=emotion,
                               level=level, person=person, split=_split_for(content)))
     return clips
 
@@ -126,9 +131,10 @@ def load_folder(root: Path) -> list[ClipInfo]:
         raise UserError(f"data folder {root} does not exist; make one with emotalk-corpus --out {root}")
     clips = _from_metadata(root) if (root / METADATA).exists() else _from_pairs_of_files(root)
     if not clips:
-        raise UserError(f"no clips in {root}: expected {METADATA} or NAME.wav + NAME.npy pairs")
+        raise UserError(f"no clips in {root}: expected {METADATA}, or NAME.wav with NAME.npy or a "
+                        "Live Link Face NAME.csv")
     for clip in clips:
-        for path in (clip.wav, clip.npy):
+        for path in (clip.wav, clip.labels):
             if not path.exists():
                 raise UserError(f"data folder {root} is missing {path.relative_to(root)}; "
                                 "regenerate the corpus or remove the clip from metadata.csv")

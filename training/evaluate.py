@@ -20,11 +20,13 @@ from tqdm import tqdm
 
 from .audio import read_audio
 from .checkpoint import load_model
-from .data import ClipInfo, by_split, load_folder, read_labels
+from .blendshapes import LIP, UPPER
+from .data import ClipInfo, by_split, load_folder, pair_groups, read_alignment, read_labels, time_warp
 from .errors import UserError, add_debug_flag, run_cli
 from .infer import emotion_index, eval_mode
 from .metrics import (FaceTemplates, baseline_energy, baseline_mean_pose, emotion_accuracy,
-                      load_templates, score_clips)
+                      load_templates, pooled_jitter, score_clips)
+from .losses import gather_frames
 from .model import EmoTalk
 
 PROG = "emotalk-eval"
@@ -55,7 +57,7 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
         raise UserError("the baselines are fitted on the train split, and it has no clips: "
                         "evaluate a folder that has a train split")
     cfg = model.cfg
-    train = [(read_audio(c.wav, cfg.sample_rate), read_labels(c.npy))
+    train = [(read_audio(c.wav, cfg.sample_rate), read_labels(c.labels))
              for c in tqdm(train_clips, desc="fitting baselines", file=sys.stderr, disable=not progress)]
     baselines = {
         "baseline_mean_pose": baseline_mean_pose([y for _, y in train]),
@@ -67,7 +69,7 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
     guessed, actual = [], []
     with eval_mode(model):
         for clip in tqdm(clips, desc="evaluating", file=sys.stderr, disable=not progress):
-            audio, labels = read_audio(clip.wav, cfg.sample_rate), read_labels(clip.npy)
+            audio, labels = read_audio(clip.wav, cfg.sample_rate), read_labels(clip.labels)
             frames = len(labels)
             weights, logits = model(torch.from_numpy(audio)[None].to(device),
                                     level=torch.tensor([clip.level], device=device),
@@ -85,6 +87,7 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
     majority = _majority_emotion(train_clips, cfg.emotion_labels)
     result: dict[str, Any] = {**score_clips(preds["model"], truths, templates),
                               "emotion_accuracy": emotion_accuracy(guessed, actual),
+                              "jitter_ground_truth": pooled_jitter(truths),
                               "clips": len(clips), "emotion_clips": len(actual)}
     for name, baseline in baselines.items():
         scores = score_clips(preds[name], truths, templates)
@@ -95,6 +98,47 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
             scores["loudness"] = baseline.loudness
         result[name] = scores
     return result
+
+
+@torch.inference_mode()
+def emotion_transfer(model: EmoTalk, clips: Sequence[ClipInfo], lookahead: int | None = None) -> dict[str, Any]:
+    """Cross-reconstruction on held-out pairs: A's words decoded with B's emotion features.
+
+    The target is B's labels warped onto A's timeline by the phoneme alignment (what A's sentence
+    looks like with B's emotion), as in training. A model whose content features also carry the
+    emotion cannot follow B's emotion here: this is the disentanglement the paper's ablation
+    (Table 5) probes. Each clip is paired once with the next clip of its pair group.
+    """
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    preds, truths = [], []
+    with eval_mode(model):
+        for group in pair_groups(list(clips)):
+            for i, j in zip(group, group[1:] + group[:1]):
+                a, b = clips[i], clips[j]
+                audio_a, audio_b = (torch.from_numpy(read_audio(c.wav, cfg.sample_rate))[None].to(device)
+                                    for c in (a, b))
+                labels_b = read_labels(b.labels)
+                frames_a = len(read_labels(a.labels))
+                times = np.arange(frames_a) / cfg.fps
+                position = time_warp(read_alignment(a.align) if a.align else None,
+                                     read_alignment(b.align) if b.align else None,
+                                     audio_a.shape[1] / cfg.sample_rate, audio_b.shape[1] / cfg.sample_rate,
+                                     times) * cfg.fps
+                position = torch.from_numpy(position).float()[None].to(device)
+                content = model.encode_content(audio_a, frames_a, lookahead)
+                memory, _ = model.encode_emotion(audio_b, len(labels_b), lookahead)
+                weights = model.decode(content, gather_frames(memory, position),
+                                       torch.tensor([b.level], device=device), torch.tensor([a.person], device=device))
+                target = gather_frames(torch.from_numpy(labels_b)[None].to(device), position)
+                preds.append(weights[0].clamp(0.0, 1.0).cpu().numpy())
+                truths.append(target[0].cpu().numpy())
+    if not preds:
+        return {"transfer_pairs": 0, "transfer_lip_mae": None, "transfer_upper_mae": None}
+    pred, truth = np.concatenate(preds), np.concatenate(truths)
+    error = np.abs(pred - truth)
+    return {"transfer_pairs": len(preds), "transfer_lip_mae": float(error[:, LIP].mean()),
+            "transfer_upper_mae": float(error[:, UPPER].mean())}
 
 
 def _cell(value: Any) -> str:

@@ -71,6 +71,13 @@ def jitter(pred: np.ndarray) -> float:
     return float(terms.mean()) if terms.size else 0.0
 
 
+def pooled_jitter(clips: Sequence[np.ndarray]) -> float:
+    """Jitter over several clips, never across a clip boundary."""
+    shakes = [_jitter_terms(c) for c in clips]
+    terms = sum(s.size for s in shakes)
+    return float(sum(s.sum() for s in shakes) / terms) if terms else 0.0
+
+
 def emotion_accuracy(predicted: Sequence[int], actual: Sequence[int]) -> float | None:
     """Share of clips whose predicted emotion index equals the labelled one; None with no clips."""
     if len(predicted) != len(actual):
@@ -193,14 +200,12 @@ def score_clips(preds: Sequence[np.ndarray], trues: Sequence[np.ndarray],
     if len(preds) != len(trues) or not preds:
         raise ValueError(f"need the same non-zero number of predictions ({len(preds)}) and labels ({len(trues)})")
     pred, true = _pair(np.concatenate(preds), np.concatenate(trues))
-    shakes = [_jitter_terms(p) for p in preds]
-    terms = sum(s.size for s in shakes)
     scores: dict[str, float | int] = {
         "lip_mae": lip_mae(pred, true),
         "lip_max_error": lip_max_error(pred, true),
         "upper_mae": upper_mae(pred, true),
         "jaw_open_corr": jaw_open_corr(pred, true),
-        "jitter": float(sum(s.sum() for s in shakes) / terms) if terms else 0.0,
+        "jitter": pooled_jitter(preds),
         "frames": int(pred.shape[0]),
     }
     if templates is not None:

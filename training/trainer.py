@@ -53,11 +53,14 @@ def load_clips(infos: list[ClipInfo], cfg: config_mod.ModelConfig, desc: str, qu
     labels = {name: i for i, name in enumerate(cfg.emotion_labels)}
     loaded = []
     for info in tqdm(infos, desc=desc, unit="clip", disable=quiet, file=sys.stderr):
+        if info.emotion is None:
+            raise UserError(f"clip {info.clip} has no emotion label; training needs labelled clips "
+                            "(a metadata.csv as emotalk-corpus writes, or RAVDESS-style names)")
         if info.emotion not in labels:
             raise UserError(f"clip {info.clip} has emotion {info.emotion!r}, which model config "
                             f"{cfg.family} does not know ({', '.join(cfg.emotion_labels)})")
         loaded.append(LoadedClip(
-            info=info, audio=read_audio(info.wav, cfg.sample_rate), labels=read_labels(info.npy),
+            info=info, audio=read_audio(info.wav, cfg.sample_rate), labels=read_labels(info.labels),
             emotion=labels[info.emotion],
             alignment=read_alignment(info.align) if info.align else None,
         ))
@@ -244,6 +247,7 @@ def train(args: argparse.Namespace) -> int:
         cfg = model.cfg
     else:
         model = EmoTalk(cfg).to(device)
+    model.train()  # load_model hands models out in eval mode; dropout belongs to training
     loss_module: nn.Module = EmoTalkLoss(model, cross=not args.no_cross).to(device)
     if world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module)
@@ -260,6 +264,7 @@ def train(args: argparse.Namespace) -> int:
               file=sys.stderr)
 
     started = time.monotonic()
+    state["finished"] = False
     max_lookahead = cfg.content.max_lookahead if cfg.content.kind == "streaming" else 0
     for epoch in range(state["epoch"], args.epochs):
         rng = random.Random(args.seed * 1000 + epoch)
@@ -311,6 +316,8 @@ def train(args: argparse.Namespace) -> int:
         extra = json.loads((out / "best" / "config.json").read_text()).get("extra", {})
         save_checkpoint(best, out / "best", extra={**extra, "data": str(args.data), "seed": args.seed,
                                                     "cross_reconstruction": not args.no_cross})
+        state["finished"] = True  # best/ now has its emotion prototypes
+        (out / "last" / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
         print(f"{PROG}: best model (validation loss {state['best_val_loss']:.5f}) in {out / 'best'}", file=sys.stderr)
     return 0
 
