@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from emotalk_stream.training import corpus, trainer
-from emotalk_stream.training.checkpoint import DEFAULT_MODEL, load_model
+from emotalk_stream.training.checkpoint import DEFAULT_MODEL, load_model, model_hash
 from emotalk_stream.training.data import by_split, load_folder
 from emotalk_stream.training.errors import add_debug_flag, run_cli
 from emotalk_stream.training.evaluate import emotion_transfer, evaluate
@@ -100,7 +100,8 @@ def reproduce(args: argparse.Namespace) -> int:
     for key, path in runs.items():
         log(f"evaluating {path} on {len(test)} test clips of the fresh corpus")
         model = load_model(path)
-        results[key] = {**evaluate(model, test, train_split, progress=True), **emotion_transfer(model, test)}
+        results[key] = {**evaluate(model, test, train_split, progress=True), **emotion_transfer(model, test),
+                        "checkpoint": str(path), "sha256": model_hash(path)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     if args.install:

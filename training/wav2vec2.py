@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from .config import EncoderConfig
@@ -204,10 +203,3 @@ class Wav2Vec2Model(nn.Module):
         features = linear_interpolation(features, frame_num)
         return self.encoder(self.feature_projection(features))
 
-
-def fold_weight_norm(module: nn.Module) -> nn.Module:
-    """Bake every weight-norm parametrization into a plain `weight` (for export); in place."""
-    for sub in list(module.modules()):
-        if parametrize.is_parametrized(sub, "weight"):
-            parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
-    return module
