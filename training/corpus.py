@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output directory (new or empty)")
     parser.add_argument("--hours", type=float, required=True, help="hours of audio to generate")
     parser.add_argument("--seed", type=int, default=0, help="fixes every byte of the corpus (default 0)")
-    parser.add_argument("--workers", type=int, default=1, help="synthesis processes (default 1)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="synthesis processes (default: the CPU count, at most 4; output is the same "
+                             "for any number)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace clips/, metadata.csv and corpus.json in a non-empty --out")
     add_debug_flag(parser)

@@ -87,7 +87,10 @@ def torch_load_tensors(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"refusing to unpickle {path}: not a plain state_dict ({_unpickle_reason(exc)}); "
+        reason = _unpickle_reason(exc)
+        if not reason:
+            raise UserError(f"{path} is not a PyTorch checkpoint: give the official EmoTalk.pth") from exc
+        raise UserError(f"refusing to unpickle {path}: not a plain state_dict ({reason}); "
                         f"load it only if you trust it, and save its state_dict alone") from exc
     except FileNotFoundError as exc:
         raise UserError(f"{path} not found") from exc
