@@ -90,7 +90,7 @@ def test_torchrun_ddp_on_two_cpu_processes(tiny_corpus: Path, tmp_path: Path) ->
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m", "emotalk_stream.training.trainer",
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "emotalk_stream.training.trainer",
          *train_args(tiny_corpus, run, "--epochs", "1", "--device", "cpu")],
         capture_output=True, text=True, timeout=600,
     )

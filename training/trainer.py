@@ -1,7 +1,7 @@
 """`emotalk-train`: train an EmoTalk model on a data folder with the paper's objective.
 
     emotalk-train --config small --data DATA --out RUN [--epochs N] [--resume]
-    torchrun --nproc-per-node 2 -m emotalk_stream.training.trainer --config small --data DATA --out RUN
+    torchrun --standalone --nproc-per-node 2 -m emotalk_stream.training.trainer --config small --data DATA --out RUN
 
 Writes RUN/last (weights + optimizer, for --resume), RUN/best (lowest validation loss, with the
 emotion prototypes that --emotion overrides use) and RUN/log.jsonl (one line per epoch).
