@@ -171,3 +171,9 @@ def time_warp(source: list[tuple[float, float, str]] | None, target: list[tuple[
         anchors_t = [0.0] + [s for s, _, _ in target] + [target[-1][1], target_seconds]
     xs, ys = np.maximum.accumulate(np.asarray(anchors_s)), np.maximum.accumulate(np.asarray(anchors_t))
     return np.interp(times, xs, ys)
+
+
+def frame_warp(source: list[tuple[float, float, str]] | None, target: list[tuple[float, float, str]] | None,
+               source_seconds: float, target_seconds: float, frames: int, fps: int) -> np.ndarray:
+    """For each of the source clip's frames, the fractional target frame at the same spoken position."""
+    return time_warp(source, target, source_seconds, target_seconds, np.arange(frames) / fps) * fps

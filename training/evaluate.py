@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .audio import read_audio
 from .checkpoint import load_model
 from .blendshapes import LIP, UPPER
-from .data import ClipInfo, by_split, load_folder, pair_groups, read_alignment, read_labels, time_warp
+from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
 from .errors import UserError, add_debug_flag, run_cli
 from .infer import emotion_index, eval_mode
 from .metrics import (FaceTemplates, baseline_energy, baseline_mean_pose, emotion_accuracy,
@@ -111,25 +111,24 @@ def emotion_transfer(model: EmoTalk, clips: Sequence[ClipInfo], lookahead: int |
     """
     cfg = model.cfg
     device = next(model.parameters()).device
+    groups = pair_groups(list(clips))
+    loaded = {}  # each clip is read once, though it is in two pairs
+    for i in {i for group in groups for i in group}:
+        clip = clips[i]
+        audio = torch.from_numpy(read_audio(clip.wav, cfg.sample_rate))[None].to(device)
+        loaded[i] = (audio, read_labels(clip.labels), read_alignment(clip.align) if clip.align else None)
     preds, truths = [], []
     with eval_mode(model):
-        for group in pair_groups(list(clips)):
+        for group in groups:
             for i, j in zip(group, group[1:] + group[:1]):
-                a, b = clips[i], clips[j]
-                audio_a, audio_b = (torch.from_numpy(read_audio(c.wav, cfg.sample_rate))[None].to(device)
-                                    for c in (a, b))
-                labels_b = read_labels(b.labels)
-                frames_a = len(read_labels(a.labels))
-                times = np.arange(frames_a) / cfg.fps
-                position = time_warp(read_alignment(a.align) if a.align else None,
-                                     read_alignment(b.align) if b.align else None,
-                                     audio_a.shape[1] / cfg.sample_rate, audio_b.shape[1] / cfg.sample_rate,
-                                     times) * cfg.fps
+                (audio_a, labels_a, align_a), (audio_b, labels_b, align_b) = loaded[i], loaded[j]
+                position = frame_warp(align_a, align_b, audio_a.shape[1] / cfg.sample_rate,
+                                      audio_b.shape[1] / cfg.sample_rate, len(labels_a), cfg.fps)
                 position = torch.from_numpy(position).float()[None].to(device)
-                content = model.encode_content(audio_a, frames_a, lookahead)
+                content = model.encode_content(audio_a, len(labels_a), lookahead)
                 memory, _ = model.encode_emotion(audio_b, len(labels_b), lookahead)
-                weights = model.decode(content, gather_frames(memory, position),
-                                       torch.tensor([b.level], device=device), torch.tensor([a.person], device=device))
+                level, person = torch.tensor([clips[j].level]), torch.tensor([clips[i].person])
+                weights = model.decode(content, gather_frames(memory, position), level.to(device), person.to(device))
                 target = gather_frames(torch.from_numpy(labels_b)[None].to(device), position)
                 preds.append(weights[0].clamp(0.0, 1.0).cpu().numpy())
                 truths.append(target[0].cpu().numpy())

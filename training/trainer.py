@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import config as config_mod
 from .audio import read_audio
 from .checkpoint import load_model, save_checkpoint
-from .data import ClipInfo, by_split, load_folder, pair_groups, read_alignment, read_labels, time_warp
+from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
 from .errors import UserError, add_debug_flag, run_cli
 from .losses import EmoTalkLoss, PairBatch, masked_mse
 from .model import EmoTalk
@@ -69,8 +69,7 @@ def load_clips(infos: list[ClipInfo], cfg: config_mod.ModelConfig, desc: str, qu
 
 def warp_positions(a: LoadedClip, b: LoadedClip, fps: int) -> np.ndarray:
     """For each frame of A, the fractional frame of B at the same spoken position."""
-    times = np.arange(len(a.labels)) / fps
-    return time_warp(a.alignment, b.alignment, a.seconds, b.seconds, times) * fps
+    return frame_warp(a.alignment, b.alignment, a.seconds, b.seconds, len(a.labels), fps)
 
 
 def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,8 +312,7 @@ def train(args: argparse.Namespace) -> int:
     if main_rank:
         best = load_model(out / "best", device=device)
         best.emotion_prototypes.copy_(emotion_prototypes(best, train_clips, device))
-        extra = json.loads((out / "best" / "config.json").read_text()).get("extra", {})
-        save_checkpoint(best, out / "best", extra={**extra, "data": str(args.data), "seed": args.seed,
+        save_checkpoint(best, out / "best", extra={"data": str(args.data), "seed": args.seed,
                                                     "cross_reconstruction": not args.no_cross})
         state["finished"] = True  # best/ now has its emotion prototypes
         (out / "last" / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
