@@ -91,12 +91,17 @@ def parse_person(text: str | int, n_persons: int = 24) -> int:
 
 def require_prototype(model: EmoTalk, label: int) -> None:
     """An emotion override blends towards a label's prototype; refuse where the model has none."""
-    prototypes = model.emotion_prototypes
-    if not bool(prototypes.any()):
+    present = (model.emotion_prototypes.abs().sum(dim=1) > 0).tolist()
+    check_prototype(present, model.cfg.emotion_labels, label)
+
+
+def check_prototype(present: Sequence[bool], labels: Sequence[str], label: int) -> None:
+    """`present[i]`: label i has a prototype. Refuse an override towards `label` without one."""
+    if not any(present):
         raise UserError("this model has no emotion prototypes (an official import, or trained without "
                         "them): use --emotion auto, or a model trained by emotalk-train")
-    if not bool(prototypes[label].any()):
-        raise UserError(f"this model has no emotion prototype for {model.cfg.emotion_labels[label]!r}: "
+    if not present[label]:
+        raise UserError(f"this model has no emotion prototype for {labels[label]!r}: "
                         "its training data had no such clips; choose another emotion or auto")
 
 

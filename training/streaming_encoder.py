@@ -51,8 +51,12 @@ class LogMel(nn.Module):
         return max(0, (num_samples + N_FFT // 2 - N_FFT) // MEL_HOP + 1)
 
     def forward(self, audio: Tensor) -> Tensor:
-        padded = F.pad(audio[:, None, :], (N_FFT // 2, 0))
-        spec = F.conv1d(padded, self.dft, stride=MEL_HOP)  # (B, 2F, M)
+        return self.uncentred(F.pad(audio, (N_FFT // 2, 0)))
+
+    def uncentred(self, audio: Tensor) -> Tensor:
+        """Log-mel of windows starting at sample 0, 160, ... of `audio` (no centring pad): the
+        streaming engine feeds it its own context buffer."""
+        spec = F.conv1d(audio[:, None, :], self.dft, stride=MEL_HOP)  # (B, 2F, M)
         real, imag = spec.chunk(2, dim=1)
         power = real.square() + imag.square()
         mel = torch.matmul(power.transpose(1, 2), self.fbank)  # (B, M, n_mels)

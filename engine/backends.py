@@ -1,0 +1,200 @@
+"""Backends run the streaming step for a batch of stream slots; they own the streams' state.
+
+State stays where the backend computes (a CUDA tensor, a numpy array), in one pool per state
+tensor with a row per stream slot, so a step moves only the hop of audio in and the frames out.
+Every backend has the same interface: `reset(slot)` clears a slot for a new stream and
+`run(slots, inputs)` advances those slots by one hop and returns the step's outputs as numpy.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..training.errors import UserError
+from .small_step import TensorSpec
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class StepInterface:
+    """The named tensors of a streaming step; shapes exclude the batch axis."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    states: tuple[TensorSpec, ...]
+
+    def as_dict(self) -> dict:
+        return {key: [spec.as_dict() for spec in getattr(self, key)] for key in ("inputs", "outputs", "states")}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StepInterface":
+        def specs(key: str) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(d["name"], tuple(d["shape"]), d["dtype"]) for d in data[key])
+        return cls(specs("inputs"), specs("outputs"), specs("states"))
+
+
+def state_input(name: str) -> str:
+    """Graph input name of a state tensor (ONNX, TensorRT)."""
+    return f"state_{name}"
+
+
+def state_output(name: str) -> str:
+    """Graph output name of a state tensor after the step."""
+    return f"next_{name}"
+
+
+def contiguous(slots: np.ndarray) -> slice | None:
+    """The slots as one slice when they are consecutive (no gather or scatter needed)."""
+    if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and np.all(np.diff(slots) == 1):
+        return slice(int(slots[0]), int(slots[-1]) + 1)
+    return None
+
+
+class Backend(ABC):
+    """Runs steps for rows (`slots`) of its state pools. `capacity` grows on demand."""
+
+    name: str = ""
+    max_batch: int | None = None  # largest batch one run accepts (a TensorRT profile); None = any
+
+    def __init__(self, interface: StepInterface):
+        self.interface = interface
+        self.capacity = 0
+
+    @abstractmethod
+    def _allocate(self, capacity: int) -> None:
+        """Grow every state pool to `capacity` rows, keeping the rows in use."""
+
+    @abstractmethod
+    def reset(self, slot: int) -> None:
+        """Zero the state of `slot`: a new stream starts from silence at step 0."""
+
+    @abstractmethod
+    def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Advance `slots` by one hop; inputs and outputs are numpy arrays with a batch axis."""
+
+    def ensure_capacity(self, slots: int) -> None:
+        if slots > self.capacity:
+            grown = max(slots, 2 * self.capacity, 4)
+            self._allocate(grown)
+            self.capacity = grown
+
+
+class TorchBackend(Backend):
+    """The step as a PyTorch module, on CPU or CUDA: the reference the others are compared with."""
+
+    name = "torch"
+
+    def __init__(self, step: torch.nn.Module, interface: StepInterface, device: str = "cpu"):
+        super().__init__(interface)
+        try:
+            self.device = torch.device(device)
+            self.step = step.to(self.device).eval()
+        except (RuntimeError, AssertionError) as exc:
+            raise UserError(f"torch device {device!r} is not available here ({exc}): use --device cpu") from exc
+        self.pools: dict[str, torch.Tensor] = {}
+
+    def _allocate(self, capacity: int) -> None:
+        for spec in self.interface.states:
+            pool = torch.zeros((capacity, *spec.shape), dtype=getattr(torch, spec.dtype), device=self.device)
+            if spec.name in self.pools:
+                pool[: self.capacity] = self.pools[spec.name]
+            self.pools[spec.name] = pool
+
+    def reset(self, slot: int) -> None:
+        self.ensure_capacity(slot + 1)
+        for pool in self.pools.values():
+            pool[slot] = 0
+
+    @torch.inference_mode()
+    def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        span = contiguous(slots)
+        index = None if span else torch.as_tensor(slots, device=self.device)
+        states = {name: pool[span] if span else pool.index_select(0, index) for name, pool in self.pools.items()}
+        args = [torch.as_tensor(inputs[spec.name]).to(self.device) for spec in self.interface.inputs]
+        outputs, new = self.step(*args, states)
+        for name, pool in self.pools.items():
+            if span:
+                pool[span] = new[name]
+            else:
+                pool.index_copy_(0, index, new[name])
+        return {name: value.cpu().numpy() for name, value in outputs.items()}
+
+
+class OnnxRuntimeBackend(Backend):
+    """The exported ONNX step on ONNX Runtime's CPU provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, interface: StepInterface, threads: int | None = None):
+        super().__init__(interface)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise UserError("the onnxruntime backend is not installed: pip install onnxruntime") from exc
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        # One thread by default: a step is ~1 ms of small kernels, and a second spinning worker on a
+        # 2-core machine cost more than it gave (p95 5.0 ms and 8 streams vs 0.85 ms and 32, README).
+        options.intra_op_num_threads = threads or 1
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+            raise UserError(f"ONNX Runtime cannot load {onnx_path} ({exc}): re-export it with emotalk-export") from exc
+        check_graph_names(self.session, interface, onnx_path)
+        self.pools: dict[str, np.ndarray] = {}
+        self.output_names = [s.name for s in interface.outputs] + [state_output(s.name) for s in interface.states]
+
+    def _allocate(self, capacity: int) -> None:
+        for spec in self.interface.states:
+            pool = np.zeros((capacity, *spec.shape), dtype=spec.dtype)
+            if spec.name in self.pools:
+                pool[: self.capacity] = self.pools[spec.name]
+            self.pools[spec.name] = pool
+
+    def reset(self, slot: int) -> None:
+        self.ensure_capacity(slot + 1)
+        for pool in self.pools.values():
+            pool[slot] = 0
+
+    def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        span = contiguous(slots)
+        feed = {spec.name: inputs[spec.name] for spec in self.interface.inputs}
+        for name, pool in self.pools.items():
+            feed[state_input(name)] = pool[span] if span else pool[slots]
+        results = self.session.run(self.output_names, feed)
+        n_out = len(self.interface.outputs)
+        for spec, value in zip(self.interface.states, results[n_out:]):
+            self.pools[spec.name][span if span else slots] = value
+        return {spec.name: value for spec, value in zip(self.interface.outputs, results[:n_out])}
+
+
+def check_graph_names(session, interface: StepInterface, path: Path) -> None:
+    """Refuse an ONNX file whose inputs are not the ones its manifest describes."""
+    expected = {s.name for s in interface.inputs} | {state_input(s.name) for s in interface.states}
+    found = {i.name for i in session.get_inputs()}
+    if expected != found:
+        missing = sorted(expected - found)[:3]
+        extra = sorted(found - expected)[:3]
+        raise UserError(f"{path} does not match its manifest (missing inputs {missing}, unexpected {extra}): "
+                        f"re-export the engine with emotalk-export")
+
+
+def require_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def batches(slots: Sequence[int], max_batch: int | None) -> list[np.ndarray]:
+    """Split sorted slots into runs of at most `max_batch`."""
+    array = np.asarray(sorted(slots), dtype=np.int64)
+    if not max_batch or len(array) <= max_batch:
+        return [array]
+    return [array[i:i + max_batch] for i in range(0, len(array), max_batch)]

@@ -1,0 +1,341 @@
+"""The streaming API: one `Engine` serves many `Stream`s, one per speaker, decoded in batches.
+
+    engine = Engine.load("default", backend="onnxruntime")          # or an exported artifact folder
+    stream = engine.create_stream(Controls(emotion="happy:0.5"))
+    stream.accept_waveform(16000, samples)                          # any amount, any time
+    while engine.is_ready(stream):
+        engine.step([stream])                                       # all ready streams in one batch
+    for frame in stream.frames():                                   # index, audio time, 52 weights
+        ...
+    stream.input_finished()                                         # flush the tail
+
+The shape follows sherpa-onnx's online recognizer. Frames are exactly those of offline
+inference at the same look-ahead, whatever the hop or the batch (tests/test_engine.py).
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..training.blendshapes import COUNT, REGIONS
+from ..training.checkpoint import load_model, model_hash, resolve_checkpoint
+from ..training.config import ModelConfig
+from ..training.errors import UserError
+from ..training.infer import check_prototype, parse_emotion, parse_level, parse_person
+from ..training.model import EmoTalk, frame_count
+from . import artifact
+from .backends import Backend, OnnxRuntimeBackend, TorchBackend, batches, require_backend
+from .small_step import NEVER, SmallStreamingStep, audio_end_frame
+from .window_step import WindowStreamingStep
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One finished frame: `weights` (52,) in [0, 1], EmoTalk order (`blendshapes.NAMES`), showing
+    the audio at `time` = index / fps seconds from the stream's first sample."""
+
+    index: int
+    time: float
+    weights: np.ndarray
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the face does with the voice. Any of them may change between steps."""
+
+    level: float | str = 1.0  # emotion level: "low" (0), "high" (1) or a blend between
+    person: int = 0  # speaking style, one of the model's training speakers
+    emotion: str = "auto"  # "auto" (from the voice) or LABEL[:STRENGTH], e.g. "happy:0.7"
+    gains: Mapping[str, float] = field(default_factory=dict)  # region (mouth, jaw, brow, ...) -> factor
+
+
+@dataclass
+class _Resolved:
+    """Controls as the step's input rows."""
+
+    level: float
+    person: np.ndarray
+    emotion: np.ndarray
+    strength: float
+    gains: np.ndarray | None
+
+
+class Stream:
+    """One speaker's audio, state slot and finished frames. Create with `Engine.create_stream`."""
+
+    def __init__(self, engine: "Engine", slot: int, controls: Controls):
+        self._engine = engine
+        self.slot = slot
+        self._buffer = np.zeros(4 * engine.hop_samples, dtype=np.float32)
+        self._pending = 0
+        self.samples_received = 0
+        self.nonfinite_samples = 0
+        self._finished = False
+        self._total_frames: int | None = None
+        self._audio_end = NEVER
+        self.frames_decoded = 0
+        self._frames: deque[Frame] = deque()
+        self.emotion_logits: np.ndarray | None = None
+        self.closed = False
+        self.controls = controls
+
+    @property
+    def controls(self) -> Controls:
+        return self._controls
+
+    @controls.setter
+    def controls(self, controls: Controls) -> None:
+        """Validate and apply new controls; a bad value raises `UserError` and keeps the old ones."""
+        self._resolved = self._engine.resolve_controls(controls)
+        self._controls = controls
+
+    def accept_waveform(self, sample_rate: int, samples: np.ndarray | Sequence[float]) -> None:
+        """Append mono float samples in [-1, 1] at the engine's rate (16 kHz)."""
+        if self._finished:
+            raise UserError("accept_waveform after input_finished: create a new stream for new audio")
+        if sample_rate != self._engine.sample_rate:
+            raise UserError(f"audio at {sample_rate} Hz: the engine takes {self._engine.sample_rate} Hz mono; "
+                            f"resample it first (the streamer's sources do)")
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise UserError(f"audio of shape {samples.shape}: the engine takes one channel; mix down first")
+        bad = ~np.isfinite(samples)
+        if bad.any():  # NaN/inf from a broken source become silence, counted
+            self.nonfinite_samples += int(bad.sum())
+            samples = np.where(bad, 0.0, samples).astype(np.float32)
+        needed = self._pending + len(samples)
+        if needed > len(self._buffer):
+            grown = np.zeros(max(needed, 2 * len(self._buffer)), dtype=np.float32)
+            grown[: self._pending] = self._buffer[: self._pending]
+            self._buffer = grown
+        self._buffer[self._pending:needed] = samples
+        self._pending = needed
+        self.samples_received += len(samples)
+
+    def input_finished(self) -> None:
+        """No more audio: the engine pads silence until the last frame of the audio is out."""
+        if self._finished:
+            return
+        self._finished = True
+        cfg = self._engine.cfg
+        self._total_frames = frame_count(self.samples_received, cfg.sample_rate, cfg.fps)
+        self._audio_end = audio_end_frame(self.samples_received, self._engine.lookahead_frames, cfg.fps, cfg.sample_rate)
+
+    @property
+    def done(self) -> bool:
+        """Finished and every frame of the audio decoded."""
+        return self._finished and self.frames_decoded >= (self._total_frames or 0)
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield (and forget) the frames finished so far, in order."""
+        while self._frames:
+            yield self._frames.popleft()
+
+    def emotion_probabilities(self) -> np.ndarray | None:
+        """The voice's emotion so far (softmax over `engine.cfg.emotion_labels`), None before any step."""
+        if self.emotion_logits is None:
+            return None
+        z = np.exp(self.emotion_logits - self.emotion_logits.max())
+        return z / z.sum()
+
+    def close(self) -> None:
+        """Free the stream's state slot for another stream."""
+        if not self.closed:
+            self.closed = True
+            self._engine._release(self.slot)
+
+    # -- used by Engine.step --
+
+    def _ready(self) -> bool:
+        if self.closed:
+            return False
+        return self._pending >= self._engine.hop_samples or (self._finished and not self.done)
+
+    def _take_hop(self) -> np.ndarray:
+        hop = self._engine.hop_samples
+        chunk = np.zeros(hop, dtype=np.float32)
+        take = min(hop, self._pending)
+        chunk[:take] = self._buffer[:take]
+        self._buffer[: self._pending - take] = self._buffer[take:self._pending]
+        self._pending -= take
+        return chunk
+
+    def _deliver(self, weights: np.ndarray, logits: np.ndarray) -> None:
+        gains, fps = self._resolved.gains, self._engine.cfg.fps
+        if gains is not None:
+            weights = np.clip(weights * gains, 0.0, 1.0)
+        for row in weights:
+            index = self.frames_decoded
+            self.frames_decoded += 1
+            if self._total_frames is not None and index >= self._total_frames:
+                continue  # padding past the end of the audio
+            self._frames.append(Frame(index, index / fps, row.astype(np.float32, copy=True)))
+        self.emotion_logits = logits
+
+
+class Engine:
+    """Batched streaming inference of one model on one backend."""
+
+    def __init__(self, cfg: ModelConfig, backend: Backend, hop_frames: int, lookahead_frames: int,
+                 prototypes: Sequence[str]):
+        self.cfg = cfg
+        self.backend = backend
+        self.hop_frames = hop_frames
+        self.lookahead_frames = lookahead_frames
+        self.prototype_labels = tuple(prototypes)
+        self.sample_rate = cfg.sample_rate
+        self.hop_samples = hop_frames * artifact.ENCODER_FRAME_MS * cfg.sample_rate // 1000
+        self._free: list[int] = []
+        self._next_slot = 0
+
+    @property
+    def hop_ms(self) -> int:
+        return self.hop_frames * artifact.ENCODER_FRAME_MS
+
+    @property
+    def lookahead_ms(self) -> int:
+        return self.lookahead_frames * artifact.ENCODER_FRAME_MS
+
+    @classmethod
+    def load(cls, source: str | Path | EmoTalk = "default", backend: str | None = None, hop_ms: int = 20,
+             lookahead_ms: int | None = None, device: str = "cpu", threads: int | None = None) -> "Engine":
+        """`source`: "default", a checkpoint folder, an `EmoTalk` or an engine artifact folder.
+
+        A checkpoint runs on `torch` (the default) or `onnxruntime` (exported on the fly, at
+        `hop_ms`/`lookahead_ms`); an artifact runs on the backend it was built for, with its own
+        hop and look-ahead.
+        """
+        if backend is not None:
+            require_backend(backend)
+        if not isinstance(source, EmoTalk) and artifact.is_artifact(source):
+            return cls._from_artifact(Path(source), backend, threads)
+        if backend == "tensorrt":
+            raise UserError("the tensorrt backend runs an exported engine: build one with "
+                            "`emotalk-export --backend tensorrt --out DIR` and load DIR")
+        if isinstance(source, EmoTalk):
+            model, digest = source.eval(), "in-memory"
+        else:
+            model, digest = load_model(source, device if backend in (None, "torch") else "cpu"), model_hash(resolve_checkpoint(source))
+        hop = artifact.frames_from_ms(hop_ms, "hop", 1)
+        lookahead = model.cfg.lookahead if lookahead_ms is None else artifact.frames_from_ms(lookahead_ms, "look-ahead", 0)
+        streaming = model.cfg.content.kind == "streaming"
+        if backend == "onnxruntime" and not streaming:
+            raise UserError(f"model family {model.cfg.family!r} streams with sliding windows on the torch backend "
+                            f"only: use --backend torch")
+        if backend == "onnxruntime":
+            with tempfile.TemporaryDirectory() as tmp:
+                artifact.export_artifact(model, digest, Path(tmp), "onnx", hop * artifact.ENCODER_FRAME_MS,
+                                         lookahead * artifact.ENCODER_FRAME_MS)
+                return cls._from_artifact(Path(tmp), backend, threads)
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: PyTorch has no per-module thread setting
+        step = SmallStreamingStep(model, hop, lookahead) if streaming else WindowStreamingStep(model, hop, lookahead)
+        runner = TorchBackend(step, artifact.step_interface(step), device)
+        return cls(model.cfg, runner, hop, lookahead, artifact.prototype_labels(model))
+
+    @classmethod
+    def _from_artifact(cls, folder: Path, backend: str | None, threads: int | None) -> "Engine":
+        manifest = artifact.read_manifest(folder)
+        built = "tensorrt" if manifest.backend == "tensorrt" else "onnxruntime"
+        backend = backend or built
+        if backend == "torch":
+            raise UserError(f"{folder} is an exported engine; the torch backend runs a checkpoint: "
+                            f"pass the model folder (or 'default') instead")
+        if backend == "tensorrt":
+            if artifact.PLAN_FILE not in manifest.files:
+                raise UserError(f"{folder} has no TensorRT plan: export it with --backend tensorrt")
+            from .tensorrt_backend import TensorRTBackend
+            runner: Backend = TensorRTBackend(folder / artifact.PLAN_FILE, manifest.step_interface, manifest.max_streams)
+        else:
+            runner = OnnxRuntimeBackend(folder / artifact.ONNX_FILE, manifest.step_interface, threads)
+        return cls(manifest.config, runner, manifest.hop_frames, manifest.lookahead_frames, manifest.prototype_labels)
+
+    # -- streams --
+
+    def create_stream(self, controls: Controls | None = None) -> Stream:
+        slot = self._free.pop() if self._free else self._claim()
+        self.backend.reset(slot)
+        return Stream(self, slot, controls or Controls())
+
+    def _claim(self) -> int:
+        self._next_slot += 1
+        return self._next_slot - 1
+
+    def _release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def resolve_controls(self, controls: Controls) -> _Resolved:
+        """Check controls against this model and turn them into the step's input rows."""
+        cfg = self.cfg
+        level = parse_level(controls.level)
+        person = np.zeros(cfg.n_persons, dtype=np.float32)
+        person[parse_person(controls.person, cfg.n_persons)] = 1.0
+        emotion = np.zeros(len(cfg.emotion_labels), dtype=np.float32)
+        label, strength = parse_emotion(controls.emotion, cfg.emotion_labels)
+        if label is not None:
+            check_prototype([name in self.prototype_labels for name in cfg.emotion_labels], cfg.emotion_labels, label)
+            emotion[label] = 1.0
+        gains = None
+        if controls.gains:
+            gains = np.ones(COUNT, dtype=np.float32)
+            for region, gain in controls.gains.items():
+                if region not in REGIONS:
+                    raise UserError(f"unknown face region {region!r}: use one of {', '.join(REGIONS)}")
+                if not (isinstance(gain, (int, float)) and math.isfinite(gain) and 0.0 <= gain <= 4.0):
+                    raise UserError(f"gain {gain!r} for {region} is not a number from 0 to 4")
+                gains[list(REGIONS[region])] *= float(gain)
+        return _Resolved(level, person, emotion, strength, gains)
+
+    # -- decoding --
+
+    def is_ready(self, stream: Stream) -> bool:
+        """True when `stream` has a hop of audio (or a tail to flush) for the next step."""
+        return stream._ready()
+
+    def step(self, streams: Sequence[Stream]) -> int:
+        """Decode one hop of every ready stream in `streams`, batched; returns the frames finished."""
+        ready = {s.slot: s for s in streams if s._ready()}
+        produced = 0
+        for slots in batches(list(ready), self.backend.max_batch):
+            group = [ready[int(slot)] for slot in slots]
+            controls = [s._resolved for s in group]
+            inputs = {
+                "audio": np.stack([s._take_hop() for s in group]),
+                "level": np.array([c.level for c in controls], dtype=np.float32),
+                "person": np.stack([c.person for c in controls]),
+                "emotion": np.stack([c.emotion for c in controls]),
+                "emotion_strength": np.array([c.strength for c in controls], dtype=np.float32),
+                "audio_end": np.array([s._audio_end for s in group], dtype=np.int64),
+            }
+            outputs = self.backend.run(slots, inputs)
+            for i, stream in enumerate(group):
+                n = int(outputs["n_frames"][i])
+                stream._deliver(outputs["weights"][i, :n], outputs["emotion_logits"][i])
+                produced += n
+        return produced
+
+    def process(self, clips: Sequence[np.ndarray], controls: Controls | Sequence[Controls] | None = None) -> list[np.ndarray]:
+        """Stream whole clips (16 kHz mono) side by side, one stream each: (T, 52) per clip.
+
+        `controls`: one for every clip, or one per clip."""
+        each = controls if isinstance(controls, Sequence) else [controls] * len(clips)
+        streams = [self.create_stream(c) for c in each]
+        try:
+            for stream, clip in zip(streams, clips):
+                stream.accept_waveform(self.sample_rate, clip)
+                stream.input_finished()
+            while not all(s.done for s in streams):
+                self.step(streams)
+            return [np.stack([f.weights for f in s.frames()]) if s.frames_decoded else np.zeros((0, COUNT), np.float32)
+                    for s in streams]
+        finally:
+            for stream in streams:
+                stream.close()
+

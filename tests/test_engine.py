@@ -1,0 +1,261 @@
+"""The streaming engine: exact against offline inference, batched, controllable, bounded in memory."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emotalk_stream.engine import artifact
+from emotalk_stream.engine.engine import Controls, Engine
+from emotalk_stream.engine.export import main as export_main
+from emotalk_stream.training import config
+from emotalk_stream.training.audio import read_audio
+from emotalk_stream.training.checkpoint import DEFAULT_MODEL, load_model
+from emotalk_stream.training.config import EncoderConfig
+from emotalk_stream.training.errors import UserError
+from emotalk_stream.training.infer import infer
+from emotalk_stream.training.model import EmoTalk, frame_count
+
+SAMPLE = DEFAULT_MODEL.parent / "sample.wav"
+
+
+@pytest.fixture(scope="module")
+def model() -> EmoTalk:
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    audio = read_audio(SAMPLE, 16000)
+    return [audio, audio[:20000], audio[5000:41234]]
+
+
+@pytest.fixture(scope="module")
+def onnx_engine_dir(model: EmoTalk, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("engine")
+    artifact.export_artifact(model, "test", folder, "onnx", hop_ms=20, lookahead_ms=40, max_streams=16)
+    return folder
+
+
+def _offline(model: EmoTalk, clip: np.ndarray, lookahead: int, **controls) -> np.ndarray:
+    return infer(model, clip, lookahead=lookahead, **controls)[0]
+
+
+@pytest.mark.parametrize("hop_ms,lookahead_ms", [(20, 0), (20, 40), (40, 80), (100, 120), (60, 20)])
+def test_streaming_equals_offline_inference(model: EmoTalk, clips: list[np.ndarray], hop_ms: int, lookahead_ms: int) -> None:
+    engine = Engine.load(model, "torch", hop_ms=hop_ms, lookahead_ms=lookahead_ms)
+    streamed = engine.process(clips, Controls(level=0.3, person=5))
+    for clip, out in zip(clips, streamed):
+        reference = _offline(model, clip, lookahead_ms // 20, level=0.3, person=5)
+        assert out.shape == reference.shape == (frame_count(len(clip)), 52)
+        np.testing.assert_allclose(out, reference, atol=2e-5)
+
+
+def test_chunk_sizes_do_not_matter(model: EmoTalk, clips: list[np.ndarray]) -> None:
+    engine = Engine.load(model, "torch")
+    stream = engine.create_stream()
+    rng = np.random.default_rng(0)
+    position, frames = 0, []
+    while position < len(clips[0]):
+        size = int(rng.choice([1, 77, 320, 999, 5000]))
+        stream.accept_waveform(16000, clips[0][position:position + size])
+        position += size
+        while engine.is_ready(stream):
+            engine.step([stream])
+        frames += list(stream.frames())
+    stream.input_finished()
+    while engine.is_ready(stream):
+        engine.step([stream])
+    frames += list(stream.frames())
+    assert [f.index for f in frames] == list(range(frame_count(len(clips[0]))))
+    assert frames[30].time == pytest.approx(1.0)
+    np.testing.assert_allclose(np.stack([f.weights for f in frames]), engine.process(clips[:1])[0], atol=1e-6)
+
+
+def test_onnxruntime_matches_torch(model: EmoTalk, clips: list[np.ndarray], onnx_engine_dir: Path) -> None:
+    onnx = Engine.load(onnx_engine_dir)
+    assert onnx.backend.name == "onnxruntime" and (onnx.hop_ms, onnx.lookahead_ms) == (20, 40)
+    reference = Engine.load(model, "torch", lookahead_ms=40).process(clips, Controls(emotion="sad:0.5"))
+    for out, ref in zip(onnx.process(clips, Controls(emotion="sad:0.5")), reference):
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() <= 1e-3
+
+
+def test_freed_slots_are_reused_out_of_order(model: EmoTalk, clips: list[np.ndarray], onnx_engine_dir: Path) -> None:
+    for engine in (Engine.load(model, "torch", lookahead_ms=40), Engine.load(onnx_engine_dir)):
+        streams = [engine.create_stream() for _ in range(3)]
+        streams[1].close()
+        streams[1] = engine.create_stream(Controls(person=7))  # takes the freed slot back
+        streams[0].close()
+        assert sorted(s.slot for s in streams[1:]) == [1, 2]
+        for stream, clip in zip(streams[1:], clips[1:]):
+            stream.accept_waveform(16000, clip)
+            stream.input_finished()
+        while not all(s.done for s in streams[1:]):
+            engine.step([streams[2], streams[1]])
+        got = np.stack([f.weights for f in streams[1].frames()])
+        np.testing.assert_allclose(got, _offline(model, clips[1], 2, person=7), atol=1e-5)
+
+
+def test_controls_change_between_steps(model: EmoTalk, clips: list[np.ndarray]) -> None:
+    engine = Engine.load(model, "torch")
+    clip = np.tile(clips[0], 2)  # 10 s, so the decoder's 2 s memory of the old controls runs out
+    stream = engine.create_stream(Controls(level="low"))
+    half = len(clip) // 4
+    stream.accept_waveform(16000, clip[:half])
+    while engine.is_ready(stream):
+        engine.step([stream])
+    before = np.stack([f.weights for f in stream.frames()])
+    stream.controls = Controls(level="high", emotion="happy:1", gains={"mouth": 0.0})
+    stream.accept_waveform(16000, clip[half:])
+    stream.input_finished()
+    while engine.is_ready(stream):
+        engine.step([stream])
+    after = np.stack([f.weights for f in stream.frames()])
+    low = _offline(model, clip, 2, level=0.0)
+    np.testing.assert_allclose(before, low[: len(before)], atol=1e-5)
+    from emotalk_stream.training.blendshapes import REGIONS
+    assert np.all(after[:, list(REGIONS["mouth"])] == 0.0)
+    happy = _offline(model, clip, 2, level=1.0, emotion=2, strength=1.0)
+    upper = [i for i in range(52) if i not in REGIONS["mouth"]]
+    # Past the decoder's 2 s memory of the old controls, frames are those of the new ones.
+    np.testing.assert_allclose(after[-120:, upper], happy[-120:, upper], atol=1e-5)
+    assert np.abs(after[:30, upper] - happy[len(before):len(before) + 30, upper]).max() > 1e-3
+    with pytest.raises(UserError, match="unknown emotion"):
+        stream.controls = Controls(emotion="bored")
+    with pytest.raises(UserError, match="region"):
+        stream.controls = Controls(gains={"ears": 2.0})
+    assert stream.controls.level == "high"  # a refused change keeps the old controls
+
+
+def test_emotion_estimate_matches_offline(model: EmoTalk, clips: list[np.ndarray]) -> None:
+    engine = Engine.load(model, "torch")
+    stream = engine.create_stream()
+    assert stream.emotion_probabilities() is None
+    stream.accept_waveform(16000, clips[0])
+    stream.input_finished()
+    while engine.is_ready(stream):
+        engine.step([stream])
+    np.testing.assert_allclose(stream.emotion_probabilities(), infer(model, clips[0])[1], atol=1e-5)
+
+
+def test_memory_stays_flat_on_a_long_stream(onnx_engine_dir: Path) -> None:
+    from emotalk_stream.tools.bench import current_rss_mb, speech
+    engine = Engine.load(onnx_engine_dir)
+    stream = engine.create_stream()
+    minute = speech(60.0, 16000)
+    rss = []
+    for _ in range(3):
+        for start in range(0, len(minute), 320):
+            stream.accept_waveform(16000, minute[start:start + 320])
+            engine.step([stream])
+            for _ in stream.frames():
+                pass
+        rss.append(current_rss_mb())
+    assert stream.frames_decoded >= 3 * 60 * 30 - 5
+    assert rss[2] - rss[0] < 3.0, rss
+    assert stream._buffer.nbytes <= 4 * engine.hop_samples * 4
+
+
+def test_bad_input_gets_one_clear_error(model: EmoTalk, onnx_engine_dir: Path, tmp_path: Path) -> None:
+    engine = Engine.load(model, "torch")
+    stream = engine.create_stream()
+    with pytest.raises(UserError, match="44100 Hz.*16000"):
+        stream.accept_waveform(44100, np.zeros(441, np.float32))
+    with pytest.raises(UserError, match="one channel"):
+        stream.accept_waveform(16000, np.zeros((2, 100), np.float32))
+    stream.accept_waveform(16000, np.array([np.nan, np.inf, 0.1], np.float32))
+    assert stream.nonfinite_samples == 2
+    stream.input_finished()
+    with pytest.raises(UserError, match="after input_finished"):
+        stream.accept_waveform(16000, np.zeros(10, np.float32))
+    with pytest.raises(UserError, match="unknown backend"):
+        Engine.load(model, "openvino")
+    with pytest.raises(UserError, match="emotalk-export --backend tensorrt"):
+        Engine.load(model, "tensorrt")
+    with pytest.raises(UserError, match="torch backend runs a checkpoint"):
+        Engine.load(onnx_engine_dir, "torch")
+    with pytest.raises(UserError, match="no TensorRT plan"):
+        Engine.load(onnx_engine_dir, "tensorrt")
+    with pytest.raises(UserError, match="look-ahead 160 ms"):
+        Engine.load(model, "torch", lookahead_ms=160)
+    with pytest.raises(UserError, match="multiple of 20"):
+        Engine.load(model, "torch", hop_ms=30)
+
+
+def _copy_artifact(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for file in source.iterdir():
+        (target / file.name).write_bytes(file.read_bytes())
+    return target
+
+
+def test_artifacts_that_do_not_match_are_refused(onnx_engine_dir: Path, tmp_path: Path) -> None:
+    manifest = json.loads((onnx_engine_dir / artifact.MANIFEST_FILE).read_text())
+    assert manifest["opset"] >= 17 and manifest["backend"] == "onnx" and manifest["precision"] == "fp32"
+    assert {s["name"] for s in manifest["interface"]["states"]} >= {"dec_k0", "content_k0", "emotion_tail"}
+
+    tampered = _copy_artifact(onnx_engine_dir, tmp_path / "tampered")
+    (tampered / artifact.ONNX_FILE).write_bytes((tampered / artifact.ONNX_FILE).read_bytes()[:-10])
+    with pytest.raises(UserError, match="does not match its manifest"):
+        Engine.load(tampered)
+
+    old = _copy_artifact(onnx_engine_dir, tmp_path / "old")
+    (old / artifact.MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 0}))
+    with pytest.raises(UserError, match="format version 0"):
+        Engine.load(old)
+
+    other = _copy_artifact(onnx_engine_dir, tmp_path / "other")
+    states = [dict(s, shape=[s["shape"][0] + 1, *s["shape"][1:]]) if s["name"] == "content_k0" else s
+              for s in manifest["interface"]["states"]]
+    (other / artifact.MANIFEST_FILE).write_text(json.dumps({**manifest, "interface": {**manifest["interface"], "states": states}}))
+    with pytest.raises(UserError, match="another version"):
+        Engine.load(other)
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / artifact.MANIFEST_FILE).write_text("[1, 2]")
+    with pytest.raises(UserError, match="not an emotalk-stream engine manifest"):
+        Engine.load(tmp_path / "junk")
+
+
+def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_main(["--out", str(tmp_path / "e"), "--hop-ms", "40", "--lookahead-ms", "80", "--max-streams", "4"]) == 0
+    manifest = artifact.read_manifest(tmp_path / "e")
+    assert (manifest.hop_ms, manifest.lookahead_ms, manifest.max_streams) == (40, 80, 4)
+    assert set(manifest.files) == {artifact.ONNX_FILE}
+    assert "happy" in manifest.prototype_labels
+    capsys.readouterr()
+    assert export_main(["--out", str(tmp_path / "f"), "--hop-ms", "30"]) == 2
+    assert export_main(["--out", str(tmp_path / "g"), "--fp16"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "multiple of 20" in errors[0] and "TensorRT" in errors[1]
+    assert all(line.startswith("emotalk-export: error:") for line in errors)
+
+
+def test_large_family_streams_with_sliding_windows(clips: list[np.ndarray]) -> None:
+    torch.manual_seed(0)
+    w2v = EncoderConfig(kind="wav2vec2", hidden=32, layers=1, heads=1, ffn=48, conv_dim=16,
+                        pos_conv_kernel=8, pos_conv_groups=4)
+    cfg = dataclasses.replace(config.large(), content=w2v, emotion=dataclasses.replace(w2v), content_dim=16,
+                              emotion_dim=8, level_dim=4, person_dim=4, decoder_ffn=24)
+    tiny = EmoTalk(cfg).eval()
+    torch.nn.init.normal_(tiny.bs_map_r.weight, std=0.5)
+    engine = Engine.load(tiny, "torch", hop_ms=40, lookahead_ms=100)
+    clip = clips[1]
+    out = engine.process([clip])[0]
+    assert out.shape == (frame_count(len(clip)), 52) and out.std() > 0.01
+    # Frames never depend on audio beyond their own time plus the look-ahead.
+    stream = engine.create_stream()
+    stream.accept_waveform(16000, clip[:12000])
+    while engine.is_ready(stream):
+        engine.step([stream])
+    early = np.stack([f.weights for f in stream.frames()])
+    stepped = 12000 // 640 * 640  # whole hops of 40 ms
+    assert len(early) == sum(1 for k in range(100) if k * 16000 / 30 + 1600 <= stepped)
+    np.testing.assert_allclose(early, out[: len(early)], atol=1e-5)
+    with pytest.raises(UserError, match="torch backend"):
+        Engine.load(tiny, "onnxruntime")
