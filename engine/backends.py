@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,14 +66,25 @@ class Backend(ABC):
     def __init__(self, interface: StepInterface):
         self.interface = interface
         self.capacity = 0
+        self.pools: dict[str, Any] = {}  # state name -> (capacity, *shape) array on the backend's device
 
-    @abstractmethod
+    def _zeros(self, spec: TensorSpec, rows: int) -> Any:
+        """A zeroed pool for a state tensor; backends with host-addressable arrays override this."""
+        raise NotImplementedError
+
     def _allocate(self, capacity: int) -> None:
         """Grow every state pool to `capacity` rows, keeping the rows in use."""
+        for spec in self.interface.states:
+            pool = self._zeros(spec, capacity)
+            if spec.name in self.pools:
+                pool[: self.capacity] = self.pools[spec.name]
+            self.pools[spec.name] = pool
 
-    @abstractmethod
     def reset(self, slot: int) -> None:
         """Zero the state of `slot`: a new stream starts from silence at step 0."""
+        self.ensure_capacity(slot + 1)
+        for pool in self.pools.values():
+            pool[slot] = 0
 
     @abstractmethod
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,19 +109,9 @@ class TorchBackend(Backend):
             self.step = step.to(self.device).eval()
         except (RuntimeError, AssertionError) as exc:
             raise UserError(f"torch device {device!r} is not available here ({exc}): use --device cpu") from exc
-        self.pools: dict[str, torch.Tensor] = {}
 
-    def _allocate(self, capacity: int) -> None:
-        for spec in self.interface.states:
-            pool = torch.zeros((capacity, *spec.shape), dtype=getattr(torch, spec.dtype), device=self.device)
-            if spec.name in self.pools:
-                pool[: self.capacity] = self.pools[spec.name]
-            self.pools[spec.name] = pool
-
-    def reset(self, slot: int) -> None:
-        self.ensure_capacity(slot + 1)
-        for pool in self.pools.values():
-            pool[slot] = 0
+    def _zeros(self, spec: TensorSpec, rows: int) -> torch.Tensor:
+        return torch.zeros((rows, *spec.shape), dtype=getattr(torch, spec.dtype), device=self.device)
 
     @torch.inference_mode()
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,20 +151,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise UserError(f"ONNX Runtime cannot load {onnx_path} ({exc}): re-export it with emotalk-export") from exc
         check_graph_names(self.session, interface, onnx_path)
-        self.pools: dict[str, np.ndarray] = {}
         self.output_names = [s.name for s in interface.outputs] + [state_output(s.name) for s in interface.states]
 
-    def _allocate(self, capacity: int) -> None:
-        for spec in self.interface.states:
-            pool = np.zeros((capacity, *spec.shape), dtype=spec.dtype)
-            if spec.name in self.pools:
-                pool[: self.capacity] = self.pools[spec.name]
-            self.pools[spec.name] = pool
-
-    def reset(self, slot: int) -> None:
-        self.ensure_capacity(slot + 1)
-        for pool in self.pools.values():
-            pool[slot] = 0
+    def _zeros(self, spec: TensorSpec, rows: int) -> np.ndarray:
+        return np.zeros((rows, *spec.shape), dtype=spec.dtype)
 
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         span = contiguous(slots)

@@ -74,7 +74,8 @@ class Stream:
         self._engine = engine
         self.slot = slot
         self._buffer = np.zeros(4 * engine.hop_samples, dtype=np.float32)
-        self._pending = 0
+        self._start = 0  # first unread sample in the buffer
+        self._pending = 0  # unread samples
         self.samples_received = 0
         self.nonfinite_samples = 0
         self._finished = False
@@ -110,13 +111,15 @@ class Stream:
         if bad.any():  # NaN/inf from a broken source become silence, counted
             self.nonfinite_samples += int(bad.sum())
             samples = np.where(bad, 0.0, samples).astype(np.float32)
-        needed = self._pending + len(samples)
-        if needed > len(self._buffer):
-            grown = np.zeros(max(needed, 2 * len(self._buffer)), dtype=np.float32)
-            grown[: self._pending] = self._buffer[: self._pending]
-            self._buffer = grown
-        self._buffer[self._pending:needed] = samples
-        self._pending = needed
+        if self._start + self._pending + len(samples) > len(self._buffer):
+            # Move the unread samples to the front (and grow), so each sample is copied O(1) times.
+            size = max(len(self._buffer), 2 * (self._pending + len(samples)))
+            kept = self._buffer[self._start:self._start + self._pending]
+            self._buffer = np.concatenate([kept, np.zeros(size - self._pending, dtype=np.float32)])
+            self._start = 0
+        end = self._start + self._pending
+        self._buffer[end:end + len(samples)] = samples
+        self._pending += len(samples)
         self.samples_received += len(samples)
 
     def input_finished(self) -> None:
@@ -162,8 +165,8 @@ class Stream:
         hop = self._engine.hop_samples
         chunk = np.zeros(hop, dtype=np.float32)
         take = min(hop, self._pending)
-        chunk[:take] = self._buffer[:take]
-        self._buffer[: self._pending - take] = self._buffer[take:self._pending]
+        chunk[:take] = self._buffer[self._start:self._start + take]
+        self._start += take
         self._pending -= take
         return chunk
 

@@ -175,7 +175,6 @@ class TensorRTBackend(Backend):
             self._check_engine(plan_path)
             self._execution = self._engine.create_execution_context()
             self._stream = cuda.Stream()
-            self._pools: dict[str, Any] = {}  # state -> device rows, one per stream slot
             self._state_in = {s.name: cuda.mem_alloc(max_streams * _row_bytes(s)) for s in interface.states}
             self._state_out = {s.name: cuda.mem_alloc(max_streams * _row_bytes(s)) for s in interface.states}
             specs = interface.inputs + interface.outputs
@@ -225,11 +224,11 @@ class TensorRTBackend(Backend):
                 size = _row_bytes(spec)
                 pool = cuda.mem_alloc(capacity * size)
                 cuda.memset_d8_async(pool, 0, capacity * size, stream)
-                if spec.name in self._pools:
-                    old = self._pools[spec.name]
+                if spec.name in self.pools:
+                    old = self.pools[spec.name]
                     cuda.memcpy_dtod_async(pool, old, self.capacity * size, stream)
                     retired.append(old)
-                self._pools[spec.name] = pool
+                self.pools[spec.name] = pool
             stream.synchronize()  # the old pools are freed only once their rows are copied
             for old in retired:
                 old.free()
@@ -239,7 +238,7 @@ class TensorRTBackend(Backend):
             self.ensure_capacity(slot + 1)
             for spec in self.interface.states:
                 size = _row_bytes(spec)
-                self._cuda.memset_d8_async(int(self._pools[spec.name]) + slot * size, 0, size, self._stream)
+                self._cuda.memset_d8_async(int(self.pools[spec.name]) + slot * size, 0, size, self._stream)
 
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(slots)
@@ -255,7 +254,7 @@ class TensorRTBackend(Backend):
                 self._set_shape(spec.name, (n, *spec.shape))
             span = contiguous(slots)
             for spec in self.interface.states:
-                size, pool = _row_bytes(spec), int(self._pools[spec.name])
+                size, pool = _row_bytes(spec), int(self.pools[spec.name])
                 if span and (span.start * size) % ALIGNMENT == 0:
                     address = pool + span.start * size
                 else:
@@ -269,7 +268,7 @@ class TensorRTBackend(Backend):
             for spec in self.interface.outputs:
                 cuda.memcpy_dtoh_async(self._host[spec.name][:n], self._device[spec.name], stream)
             for spec in self.interface.states:
-                size, pool, new = _row_bytes(spec), int(self._pools[spec.name]), int(self._state_out[spec.name])
+                size, pool, new = _row_bytes(spec), int(self.pools[spec.name]), int(self._state_out[spec.name])
                 for slot, row, count in runs:
                     cuda.memcpy_dtod_async(pool + slot * size, new + row * size, count * size, stream)
             stream.synchronize()
