@@ -66,25 +66,14 @@ class Backend(ABC):
     def __init__(self, interface: StepInterface):
         self.interface = interface
         self.capacity = 0
-        self.pools: dict[str, Any] = {}  # state name -> (capacity, *shape) array on the backend's device
 
-    def _zeros(self, spec: TensorSpec, rows: int) -> Any:
-        """A zeroed pool for a state tensor; backends with host-addressable arrays override this."""
-        raise NotImplementedError
-
+    @abstractmethod
     def _allocate(self, capacity: int) -> None:
         """Grow every state pool to `capacity` rows, keeping the rows in use."""
-        for spec in self.interface.states:
-            pool = self._zeros(spec, capacity)
-            if spec.name in self.pools:
-                pool[: self.capacity] = self.pools[spec.name]
-            self.pools[spec.name] = pool
 
+    @abstractmethod
     def reset(self, slot: int) -> None:
         """Zero the state of `slot`: a new stream starts from silence at step 0."""
-        self.ensure_capacity(slot + 1)
-        for pool in self.pools.values():
-            pool[slot] = 0
 
     @abstractmethod
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,7 +86,31 @@ class Backend(ABC):
             self.capacity = grown
 
 
-class TorchBackend(Backend):
+class IndexedPoolBackend(Backend):
+    """A backend whose state pools are arrays indexed in place (torch tensors, numpy arrays)."""
+
+    def __init__(self, interface: StepInterface):
+        super().__init__(interface)
+        self.pools: dict[str, Any] = {}  # state name -> (capacity, *shape) array
+
+    @abstractmethod
+    def _zeros(self, spec: TensorSpec, rows: int) -> Any:
+        """A zeroed pool of `rows` rows for one state tensor."""
+
+    def _allocate(self, capacity: int) -> None:
+        for spec in self.interface.states:
+            pool = self._zeros(spec, capacity)
+            if spec.name in self.pools:
+                pool[: self.capacity] = self.pools[spec.name]
+            self.pools[spec.name] = pool
+
+    def reset(self, slot: int) -> None:
+        self.ensure_capacity(slot + 1)
+        for pool in self.pools.values():
+            pool[slot] = 0
+
+
+class TorchBackend(IndexedPoolBackend):
     """The step as a PyTorch module, on CPU or CUDA: the reference the others are compared with."""
 
     name = "torch"
@@ -128,7 +141,7 @@ class TorchBackend(Backend):
         return {name: value.cpu().numpy() for name, value in outputs.items()}
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(IndexedPoolBackend):
     """The exported ONNX step on ONNX Runtime's CPU provider."""
 
     name = "onnxruntime"

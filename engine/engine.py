@@ -225,7 +225,8 @@ class Engine:
         if isinstance(source, EmoTalk):
             model, digest = source.eval(), "in-memory"
         else:
-            model, digest = load_model(source, device if backend in (None, "torch") else "cpu"), model_hash(resolve_checkpoint(source))
+            folder = resolve_checkpoint(source)
+            model, digest = load_model(folder, device if backend in (None, "torch") else "cpu"), model_hash(folder)
         hop = artifact.frames_from_ms(hop_ms, "hop", 1)
         lookahead = model.cfg.lookahead if lookahead_ms is None else artifact.frames_from_ms(lookahead_ms, "look-ahead", 0)
         streaming = model.cfg.content.kind == "streaming"

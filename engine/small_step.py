@@ -67,6 +67,27 @@ def output_slots(hop_frames: int, ratio: Fraction) -> int:
     return max(finished(before) for before in range(ratio.numerator + 1))
 
 
+def input_specs(cfg: ModelConfig, hop_samples: int) -> list[TensorSpec]:
+    """Per-step inputs of every streaming step: a hop of audio and the stream's controls."""
+    return [
+        TensorSpec("audio", (hop_samples,)),
+        TensorSpec("level", ()),
+        TensorSpec("person", (cfg.n_persons,)),
+        TensorSpec("emotion", (len(cfg.emotion_labels),)),
+        TensorSpec("emotion_strength", ()),
+        TensorSpec("audio_end", (), "int64"),
+    ]
+
+
+def output_specs(cfg: ModelConfig, slots: int) -> list[TensorSpec]:
+    """Per-step outputs: up to `slots` frames (the first `n_frames` are finished) and the voice's emotion."""
+    return [
+        TensorSpec("weights", (slots, len(cfg.blendshapes))),
+        TensorSpec("n_frames", (), "int64"),
+        TensorSpec("emotion_logits", (len(cfg.emotion_labels),)),
+    ]
+
+
 def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     """(B, H, Q, D) attention with an additive (B or 1, 1 or H, Q, K) mask, merged back to (B, Q, H*D)."""
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -195,22 +216,10 @@ class SmallStreamingStep(nn.Module):
         return self.hop_frames * ENCODER_HOP
 
     def input_specs(self) -> list[TensorSpec]:
-        cfg = self.cfg
-        return [
-            TensorSpec("audio", (self.hop_samples,)),
-            TensorSpec("level", ()),
-            TensorSpec("person", (cfg.n_persons,)),
-            TensorSpec("emotion", (len(cfg.emotion_labels),)),
-            TensorSpec("emotion_strength", ()),
-            TensorSpec("audio_end", (), "int64"),
-        ]
+        return input_specs(self.cfg, self.hop_samples)
 
     def output_specs(self) -> list[TensorSpec]:
-        return [
-            TensorSpec("weights", (self.slots, len(self.cfg.blendshapes))),
-            TensorSpec("n_frames", (), "int64"),
-            TensorSpec("emotion_logits", (len(self.cfg.emotion_labels),)),
-        ]
+        return output_specs(self.cfg, self.slots)
 
     def state_specs(self) -> list[TensorSpec]:
         cfg = self.cfg

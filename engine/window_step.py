@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..training.errors import UserError
 from ..training.model import EmoTalk, frame_count
 from ..training.streaming_encoder import ENCODER_HOP
-from .small_step import TensorSpec
+from .small_step import TensorSpec, input_specs, output_specs
 
 CNN_RECEPTIVE_FIELD = 400  # samples of wav2vec2's feature encoder per 50 Hz frame
 DEFAULT_CONTEXT_MS = 2000
@@ -48,14 +48,10 @@ class WindowStreamingStep(nn.Module):
         self.slots = math.ceil(self.hop_samples / self.samples_per_frame) + 1
 
     def input_specs(self) -> list[TensorSpec]:
-        cfg = self.cfg
-        return [TensorSpec("audio", (self.hop_samples,)), TensorSpec("level", ()),
-                TensorSpec("person", (cfg.n_persons,)), TensorSpec("emotion", (len(cfg.emotion_labels),)),
-                TensorSpec("emotion_strength", ()), TensorSpec("audio_end", (), "int64")]
+        return input_specs(self.cfg, self.hop_samples)
 
     def output_specs(self) -> list[TensorSpec]:
-        return [TensorSpec("weights", (self.slots, len(self.cfg.blendshapes))), TensorSpec("n_frames", (), "int64"),
-                TensorSpec("emotion_logits", (len(self.cfg.emotion_labels),))]
+        return output_specs(self.cfg, self.slots)
 
     def state_specs(self) -> list[TensorSpec]:
         return [TensorSpec("step", (), "int64"), TensorSpec("next_frame", (), "int64"),
