@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Install everything the tests need (Debian: espeak-ng for the corpus, alsa-utils for real human
-# speech samples) and run the whole suite. CPU only; no network beyond the package registries.
+# Install everything the tests need and run the whole suite. CPU only; no network beyond the
+# package registries. Debian: espeak-ng (corpus), alsa-utils (real human speech), libportaudio2 and
+# libasound2-plugins (the microphone through ALSA), pulseaudio + pulseaudio-utils (a virtual
+# microphone), liblo-tools (oscdump, an independent OSC receiver), chromium (the viewer page).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh test espeak-ng alsa-utils
+source scripts/setup.sh test espeak-ng alsa-utils libportaudio2 libasound2-plugins pulseaudio \
+    pulseaudio-utils liblo-tools chromium
 python -m pytest -q "$@"

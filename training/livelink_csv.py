@@ -35,21 +35,30 @@ def format_timecode(frame: int, fps: int = FPS) -> str:
     return f"{hh:02d}:{mm:02d}:{ss:02d}:{ff:02d}.000"
 
 
+def csv_header() -> str:
+    """The header line of a Live Link Face CSV (no cell needs quoting)."""
+    return ",".join(["Timecode", "BlendShapeCount", *LIVELINK_CSV_ORDER]) + "\n"
+
+
+def csv_row(index: int, weights: np.ndarray, fps: int = FPS) -> str:
+    """The line for frame `index` from (52,) EmoTalk-order weights; shared by files and live recordings."""
+    columns = to_named_order(np.asarray(weights, dtype=np.float64), LIVELINK_CSV_ORDER)
+    cells = [format_timecode(index, fps), str(len(LIVELINK_CSV_ORDER)), *(f"{v:.10f}" for v in columns)]
+    return ",".join(cells) + "\n"
+
+
 def write_csv(path: str | Path, weights: np.ndarray, fps: int = FPS) -> None:
     """Write (T, 52) EmoTalk-order weights as a Live Link Face CSV (rotations 0) from 00:00:00:00."""
     path = Path(path)
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[1] != COUNT:
         raise ValueError(f"weights must be (frames, {COUNT}), got {weights.shape}")
-    columns = to_named_order(weights, LIVELINK_CSV_ORDER)
-    count = str(len(LIVELINK_CSV_ORDER))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["Timecode", "BlendShapeCount", *LIVELINK_CSV_ORDER])
-            for i, row in enumerate(columns):
-                writer.writerow([format_timecode(i, fps), count, *(f"{v:.10f}" for v in row)])
+            handle.write(csv_header())
+            for i, row in enumerate(weights):
+                handle.write(csv_row(i, row, fps))
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc}): check the folder exists and is writable") from exc
 

@@ -1,0 +1,79 @@
+"""Post-processing of the output frames: causal smoothing and natural procedural blinks.
+
+Both run on the audio clock (frame times), never the wall clock, so a file streamed with
+`--no-pace` gives exactly the frames a live run of the same audio would.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..training.blendshapes import INDEX
+
+MAX_SMOOTHING_S = 1.0
+BLINK_CHANNELS = (INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"])
+# People blink about 15-20 times a minute while talking; a blink lasts 100-300 ms and closes faster
+# than it opens.
+BLINK_MEAN_GAP_S = 3.5
+BLINK_MIN_GAP_S = 1.2
+BLINK_CLOSE_S = 0.07
+BLINK_OPEN_S = 0.14
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """Live post-processing controls."""
+
+    smoothing: float = 0.0  # time constant in seconds of a causal one-pole low-pass; 0 = off
+    blink: bool = True
+
+
+class Blinker:
+    """Blink times drawn from a seeded random process on the audio clock."""
+
+    def __init__(self, seed: int = 0):
+        self._rng = np.random.default_rng(seed)
+        self._start = self._gap(first=True)
+
+    def _gap(self, first: bool = False) -> float:
+        gap = BLINK_MIN_GAP_S + self._rng.exponential(BLINK_MEAN_GAP_S - BLINK_MIN_GAP_S)
+        return gap * (0.5 if first else 1.0)
+
+    def closure(self, time: float) -> float:
+        """How closed the eyes are at `time` (0 open, 1 shut); times must not go backwards."""
+        while time >= self._start + BLINK_CLOSE_S + BLINK_OPEN_S:
+            self._start += BLINK_CLOSE_S + BLINK_OPEN_S + self._gap()
+        t = time - self._start
+        if t < 0:
+            return 0.0
+        if t < BLINK_CLOSE_S:
+            return math.sin(0.5 * math.pi * t / BLINK_CLOSE_S)
+        return 0.5 + 0.5 * math.cos(math.pi * (t - BLINK_CLOSE_S) / BLINK_OPEN_S)
+
+
+class FacePost:
+    """Smoothing, then blinks, then a clip to [0, 1], for frames at `fps` in time order."""
+
+    def __init__(self, fps: int, settings: FaceSettings = FaceSettings(), seed: int = 0):
+        self.fps = fps
+        self.settings = settings
+        self._blinker = Blinker(seed)
+        self._state: np.ndarray | None = None
+
+    def __call__(self, time: float, weights: np.ndarray) -> np.ndarray:
+        tau = self.settings.smoothing
+        if tau > 0 and self._state is not None:
+            alpha = 1.0 - math.exp(-1.0 / (self.fps * tau))
+            self._state = self._state + alpha * (weights - self._state)
+        else:
+            self._state = weights.astype(np.float32, copy=True)
+        out = self._state.copy()
+        if self.settings.blink:
+            closure = self._blinker.closure(time)
+            for channel in BLINK_CHANNELS:
+                out[channel] = max(out[channel], closure)
+        else:
+            self._blinker.closure(time)  # keep the blink schedule on the audio clock
+        return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,30 @@
+"""What the streamer hands to sinks: one output frame at the output rate, timed by the audio."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..training.blendshapes import COUNT
+
+
+@dataclass(frozen=True)
+class OutFrame:
+    """Frame `index` at `fps`, showing the audio at `time` = index / fps seconds of input.
+
+    `weights`: (52,) float32 in [0, 1], EmoTalk order (`blendshapes.NAMES`); sinks map them by
+    name. `final` marks the neutral frame every sink gets when the stream stops, one frame past
+    the last frame of the audio. `emotion` is the voice's most likely emotion label, if known.
+    """
+
+    index: int
+    time: float
+    fps: int
+    weights: np.ndarray
+    final: bool = False
+    emotion: str | None = None
+
+
+def neutral_frame(index: int, fps: int) -> OutFrame:
+    """The rest pose (all weights 0) that ends every stream, so no avatar freezes mid-expression."""
+    return OutFrame(index, index / fps, fps, np.zeros(COUNT, dtype=np.float32), final=True)

@@ -1,0 +1,57 @@
+"""Live Link Face out: the iPhone app's ARKit-mode UDP packet, so Unreal takes us for a phone.
+
+Packet version 6, big-endian (reference/wire-protocols.md section 1): uint8 6; int32 length +
+UTF-8 device id; int32 length + UTF-8 subject; int32 frame number, float32 sub-frame, int32 rate
+numerator, int32 rate denominator; uint8 61; 61 float32 in Unreal's EARFaceBlendShape order
+(52 shapes, then 9 head/eye rotations, sent as 0). Total 270 + len(id) + len(subject) bytes.
+"""
+from __future__ import annotations
+
+import struct
+import uuid
+
+import numpy as np
+
+from ..training.blendshapes import LIVELINK_UDP_ORDER, to_named_order
+from ..training.errors import UserError
+from .frames import OutFrame
+from .udp import UdpSink
+
+PACKET_VERSION = 6
+MAX_SUBJECT_BYTES = 64  # Unreal's receive buffer is small; the reference advises short names
+_STRING_LENGTH = struct.Struct(">i")
+_VERSION = struct.Struct(">B")
+_TIME_AND_VALUES = struct.Struct(f">ifiiB{len(LIVELINK_UDP_ORDER)}f")
+
+
+def encode_packet(weights: np.ndarray, frame_number: int, fps: int, subject: str, device_id: str) -> bytes:
+    """One Live Link Face packet for (52,) EmoTalk-order `weights` at frame `frame_number` of `fps`."""
+    device, name = device_id.encode(), subject.encode()
+    values = to_named_order(np.asarray(weights, dtype=np.float32), LIVELINK_UDP_ORDER)
+    return b"".join((
+        _VERSION.pack(PACKET_VERSION),
+        _STRING_LENGTH.pack(len(device)), device,
+        _STRING_LENGTH.pack(len(name)), name,
+        _TIME_AND_VALUES.pack(frame_number, 0.0, fps, 1, len(values), *values.tolist()),
+    ))
+
+
+def device_id_for(subject: str) -> str:
+    """A stable 36-character UUID per subject, so Unreal keeps one source across restarts."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"emotalk-stream:livelink:{subject}")).upper()
+
+
+class LiveLinkSink(UdpSink):
+    """Frames as Live Link Face packets to Unreal's listener at `host`:`port` (default there: 11111)."""
+
+    def __init__(self, host: str, port: int, subject: str = "EmoTalk"):
+        size = len(subject.encode())
+        if not subject.strip() or size > MAX_SUBJECT_BYTES:
+            raise UserError(f"Live Link subject {subject!r} must be a name of 1 to {MAX_SUBJECT_BYTES} "
+                            f"UTF-8 bytes (it has {size}); pass a short non-empty --subject")
+        super().__init__(f"livelink {host}:{port}", host, port, "--livelink")
+        self.subject = subject
+        self.device_id = device_id_for(subject)
+
+    def encode(self, frame: OutFrame) -> bytes:
+        return encode_packet(frame.weights, frame.index, frame.fps, self.subject, self.device_id)

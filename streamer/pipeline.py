@@ -1,0 +1,143 @@
+"""The streaming loop: source -> engine -> frame clock -> face post-processing -> every sink.
+
+One thread runs it. The audio callback only fills the source's ring buffer; each sink sends from
+its own thread and bounded queue; control servers change the controls from theirs. Frame indices
+and times come from the samples consumed, never from the wall clock.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engine import Engine, Stream
+from .clock import FrameClock
+from .console import Console
+from .controls import ControlBoard
+from .face import FacePost
+from .frames import OutFrame, neutral_frame
+from .sink import Sink
+from .sources import Source
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT_S = 0.05  # how often the loop looks at the stop flag and the status line
+STATUS_EVERY_S = 1.0
+# At 60 fps two output frames follow each 30 fps model frame; from a live source the second one
+# waits most of a frame period so receivers see an even 60 fps rather than pairs.
+PACE_FRACTION = 0.9
+
+
+@dataclass
+class Summary:
+    frames: int
+    audio_seconds: float
+    latency_ms: tuple[float, float] | None
+    drops: int
+    overruns: int
+    stopped: bool  # by a signal, not by the end of the input
+
+
+class Streamer:
+    def __init__(self, source: Source, engine: Engine, board: ControlBoard, sinks: Sequence[Sink],
+                 fps: int = 30, console: Console | None = None, seed: int = 0):
+        self.source, self.engine, self.board, self.sinks = source, engine, board, list(sinks)
+        self.fps = fps
+        self.console = console
+        self.stats = Stats()
+        self._clock = FrameClock(engine.cfg.fps, fps, engine.sample_rate)
+        controls, face, self._version = board.current
+        self._face = FacePost(fps, face, seed)
+        self._stream: Stream = engine.create_stream(controls)
+        self._pace = source.realtime and fps > engine.cfg.fps
+        self._last_release = 0.0
+        self._next_status = time.monotonic() + STATUS_EVERY_S
+        for sink in self.sinks:
+            sink.on_sent = self._sent
+
+    def run(self, stop: threading.Event) -> Summary:
+        """Stream until the input ends or `stop` is set; every sink ends on a neutral frame."""
+        stream = self._stream
+        try:
+            self.source.start()
+            while not stop.is_set():
+                chunk = self.source.read(READ_TIMEOUT_S)
+                if chunk is None:
+                    if self.source.finished:
+                        break
+                elif len(chunk):
+                    self._apply_controls()
+                    stream.accept_waveform(self.engine.sample_rate, chunk)
+                    self.stats.record_audio(chunk)
+                    while self.engine.is_ready(stream):
+                        self.engine.step([stream])
+                    self._emit(finished=False)
+                self._report()
+            if not stop.is_set():  # end of input: decode the tail, then the exact last frame
+                stream.input_finished()
+                while not stream.done:
+                    self.engine.step([stream])
+                self._emit(finished=True)
+        finally:
+            last = neutral_frame(self._clock.next_index, self.fps)
+            for sink in self.sinks:
+                sink.close(last)
+            self.source.close()
+            stream.close()
+            if self.console is not None:
+                self.console.end_status()
+        return Summary(self.stats.frames, stream.samples_received / self.engine.sample_rate,
+                       self.stats.run_latency_ms(), sum(s.drops for s in self.sinks), self.source.overruns,
+                       stop.is_set())
+
+    def _apply_controls(self) -> None:
+        controls, face, version = self.board.current
+        if version != self._version:
+            self._stream.controls = controls  # already checked by the board
+            self._face.settings = face
+            self._version = version
+
+    def _emit(self, finished: bool) -> None:
+        stream = self._stream
+        for frame in stream.frames():
+            self._clock.push(frame)
+        ready = self._clock.ready(stream.samples_received, finished)
+        if not ready:
+            return
+        probabilities = stream.emotion_probabilities()
+        emotion = None if probabilities is None else self.engine.cfg.emotion_labels[int(np.argmax(probabilities))]
+        for index, seconds, weights in ready:
+            frame = OutFrame(index, seconds, self.fps, self._face(seconds, weights), emotion=emotion)
+            release = 0.0
+            if self._pace:
+                release = max(time.monotonic(), self._last_release + PACE_FRACTION / self.fps)
+                self._last_release = release
+            for sink in self.sinks:
+                sink.submit(frame, release, wait=not self.source.realtime)
+            self.stats.frames += 1
+
+    def _sent(self, frame: OutFrame, sent_at: float) -> None:
+        """Latency of a frame: from its sound reaching the ring buffer to the packet leaving."""
+        if frame.final:
+            return
+        arrived = self.source.arrival_time(round(frame.time * self.engine.sample_rate))
+        if arrived is not None:
+            self.stats.record_latency(sent_at - arrived)
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if self.console is None or now < self._next_status:
+            return
+        self._next_status = now + STATUS_EVERY_S
+        latency = self.stats.recent_latency_ms()
+        latency_text = "latency --" if latency is None else f"latency p50 {latency[0]:.0f} ms p95 {latency[1]:.0f} ms"
+        drops = sum(s.drops for s in self.sinks)
+        errors = sum(s.errors for s in self.sinks)
+        self.console.status(
+            f"{self.stats.frame_rate():5.1f} fps | {latency_text} | input {self.stats.input_dbfs():6.1f} dBFS | "
+            f"drops {drops} | overruns {self.source.overruns}" + (f" | send errors {errors}" if errors else ""))

@@ -1,0 +1,265 @@
+"""Frames as JSON over WebSocket to browser avatars, plus the live viewer page on the same port.
+
+    GET /            the viewer (streamer/viewer/index.html)
+    WebSocket /ws    one JSON text message per frame, to every client:
+                     {"frame": 12, "time": 0.4, "fps": 30, "weights": {"browDownLeft": 0.0123, ...all 52},
+                      "emotion": "happy" | null, "final": false}
+                     text sent by a client is a control message (streamer/controls.py), answered
+                     {"ok": true} or {"error": "reason"}
+
+The server runs on its own asyncio loop in a daemon thread. Each frame is encoded once, in the
+sink's thread, and handed to the loop; each client has a small queue that drops its oldest frame
+when the client does not keep up, so a stalled browser never slows the stream or other clients.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import http
+import json
+import logging
+import socket
+import threading
+from collections import deque
+from importlib import resources
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+from ..training.blendshapes import NAMES
+from ..training.errors import UserError
+from .controls import MAX_JSON_BYTES, ControlBoard
+from .frames import OutFrame
+from .sink import Sink
+
+log = logging.getLogger(__name__)
+
+WS_PATH = "/ws"
+# The only files ever served, from streamer/viewer/: request paths are looked up here and never
+# joined to a folder, so no path can reach another file.
+PAGES = {"/": "index.html", "/index.html": "index.html"}
+MAX_MESSAGE_BYTES = 16 * MAX_JSON_BYTES  # larger messages close that client (1009); smaller ones get a reply
+START_TIMEOUT_S = 10.0
+FLUSH_TIMEOUT_S = 0.5  # how long clients get to receive the final frame before the server closes
+CLOSE_TIMEOUT_S = 0.5  # for the closing handshakes; connections still open then are cut off
+# Small network buffers per client (a few dozen frames): a slow client then loses old frames in its
+# queue instead of receiving seconds-old ones from the kernel's buffer.
+SEND_BUFFER_BYTES = 32 * 1024
+WRITE_LIMIT_BYTES = 4 * 1024
+# Inline CSS and JS only; no request leaves the viewer's own server.
+VIEWER_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+              "connect-src 'self'; img-src 'self' data:")
+
+
+class _Client:
+    """One connected browser: its newest frames, waiting to be written by its own task."""
+
+    def __init__(self, connection: ServerConnection, capacity: int):
+        self.connection = connection
+        self.pending: deque[str] = deque()
+        self.capacity = capacity
+        self.ready = asyncio.Event()  # frames are waiting
+        self.idle = asyncio.Event()  # every queued frame has been written
+        self.idle.set()
+
+
+class WebSocketSink(Sink):
+    """Streams frames to any number of WebSocket clients and takes their control messages."""
+
+    def __init__(self, host: str, port: int, board: ControlBoard | None = None, client_queue: int = 8):
+        super().__init__(f"ws {host}:{port}")
+        self.host = host
+        self.port = port
+        self.board = board
+        self._option = f"--ws {host}:{port}"
+        self._client_queue = client_queue
+        self._clients: set[_Client] = set()
+        self._connections: set[ServerConnection] = set()  # every TCP connection, even mid-handshake
+        self._files: dict[str, bytes] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._server: Server | None = None
+
+    @property
+    def clients(self) -> int:
+        """How many WebSocket clients are connected now."""
+        return len(self._clients)
+
+    @property
+    def url(self) -> str:
+        """Where a browser on this machine finds the viewer."""
+        return f"http://{self._address()}/"
+
+    def _address(self) -> str:
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    def _open(self) -> None:
+        viewer = resources.files(__package__).joinpath("viewer")
+        try:
+            self._files = {name: viewer.joinpath(name).read_bytes() for name in set(PAGES.values())}
+        except OSError as exc:
+            raise UserError(f"{self._option}: the viewer page is missing ({exc}); "
+                            "reinstall emotalk-stream") from None
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name=f"{self.name} loop", daemon=True)
+        self._loop_thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(START_TIMEOUT_S)
+        except OSError as exc:
+            self._stop_loop()
+            raise UserError(self._bind_error(exc)) from None
+        log.info("%s: viewer at %s, frames at ws://%s%s", self.name, self.url, self._address(), WS_PATH)
+
+    async def _start(self) -> None:
+        self._server = await serve(
+            self._serve_client, self.host, self.port, process_request=self._http,
+            max_size=MAX_MESSAGE_BYTES, write_limit=WRITE_LIMIT_BYTES, close_timeout=CLOSE_TIMEOUT_S,
+            create_connection=self._track)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.name = f"ws {self.host}:{self.port}"
+
+    def _bind_error(self, exc: OSError) -> str:
+        if exc.errno == errno.EADDRINUSE:
+            return f"{self._option}: port {self.port} is in use; choose another port or stop the program using it"
+        if exc.errno == errno.EACCES:
+            return f"{self._option}: port {self.port} needs administrator rights; choose a port above 1023"
+        return (f"{self._option}: cannot listen on {self.host!r} ({exc.strerror or exc}); use an address of this "
+                f"machine, 127.0.0.1 for this machine only or 0.0.0.0 for every network")
+
+    def _send(self, frame: OutFrame) -> None:
+        text = json.dumps({
+            "frame": frame.index,
+            "time": round(frame.time, 6),
+            "fps": frame.fps,
+            "weights": {name: round(float(w), 4) for name, w in zip(NAMES, frame.weights)},
+            "emotion": frame.emotion,
+            "final": frame.final,
+        }, separators=(",", ":"))
+        self._loop.call_soon_threadsafe(self._broadcast, text)
+
+    def _broadcast(self, text: str) -> None:
+        """On the loop: queue one encoded frame for every client, dropping each one's oldest if full."""
+        dropped = 0
+        for client in self._clients:
+            if len(client.pending) >= client.capacity:
+                client.pending.popleft()
+                dropped += 1
+            client.pending.append(text)
+            client.ready.set()
+            client.idle.clear()
+        if dropped:
+            with self._wake:  # the lock `submit` counts its own drops under
+                self.drops += dropped
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Let WebSocket upgrades on /ws through; answer plain GETs with the viewer or 404."""
+        path = request.path.split("?", 1)[0]
+        if path == WS_PATH:
+            return None
+        if path in PAGES and "Upgrade" not in request.headers:
+            return _response(http.HTTPStatus.OK, "text/html; charset=utf-8", self._files[PAGES[path]],
+                             {"Cache-Control": "no-cache", "Content-Security-Policy": VIEWER_CSP})
+        return _response(http.HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8",
+                         f"not found; the viewer is at / and frames are at {WS_PATH}\n".encode())
+
+    async def _serve_client(self, connection: ServerConnection) -> None:
+        peer = _peer(connection)
+        sock = connection.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        client = _Client(connection, self._client_queue)
+        self._clients.add(client)
+        writer = asyncio.create_task(self._write(client))
+        log.info("%s: client %s connected (%d now)", self.name, peer, len(self._clients))
+        try:
+            async for message in connection:
+                await connection.send(json.dumps(self._control(message, peer)))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._clients.discard(client)
+            writer.cancel()
+            log.info("%s: client %s disconnected (%d left)", self.name, peer, len(self._clients))
+
+    async def _write(self, client: _Client) -> None:
+        """Send this client's queued frames, oldest first, as fast as it reads them."""
+        try:
+            while True:
+                if not client.pending:
+                    client.idle.set()
+                    client.ready.clear()
+                    await client.ready.wait()
+                    continue
+                await client.connection.send(client.pending.popleft())
+        except ConnectionClosed:
+            client.pending.clear()
+            client.idle.set()
+
+    def _control(self, message: str | bytes, peer: str) -> dict[str, object]:
+        """The reply to one message from a client: controls are JSON text, applied by the board."""
+        if isinstance(message, bytes):
+            return {"error": 'control messages are JSON text such as {"emotion": "happy:0.7"}, not binary'}
+        size = len(message.encode())
+        if size > MAX_JSON_BYTES:
+            return {"error": f"control message of {size} bytes; the limit is {MAX_JSON_BYTES}"}
+        if self.board is None:
+            return {"error": "controls are disabled on this stream"}
+        reason = self.board.submit_json(message, origin=f"ws {peer}")
+        return {"ok": True} if reason is None else {"error": reason}
+
+    def _shutdown(self) -> None:
+        if self._loop is None:
+            return
+        stopped = asyncio.run_coroutine_threadsafe(self._stop_server(), self._loop)
+        try:
+            stopped.result(FLUSH_TIMEOUT_S + CLOSE_TIMEOUT_S + 1.0)
+        except TimeoutError:
+            stopped.cancel()
+            log.warning("%s: clients did not close in time; closing anyway", self.name)
+        self._stop_loop()
+
+    async def _stop_server(self) -> None:
+        """Give clients the final frame, then close every connection and the listening socket."""
+        flushed = asyncio.gather(*(client.idle.wait() for client in self._clients))
+        try:
+            await asyncio.wait_for(flushed, FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            log.info("%s: a client did not take the final frame in %.1f s", self.name, FLUSH_TIMEOUT_S)
+        self._server.close()
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            # A stalled client never drains for the closing handshake, and a browser's idle
+            # preconnection never sends its request: neither would ever close politely.
+            for connection in list(self._connections):
+                connection.transport.abort()
+            await self._server.wait_closed()
+
+    def _track(self, protocol: ServerProtocol, server: Server, **options: Any) -> ServerConnection:
+        """Create each TCP connection's websockets connection, remembered until it is lost."""
+        connection = ServerConnection(protocol, server, **options)
+        self._connections.add(connection)
+        connection.connection_lost_waiter.add_done_callback(lambda _: self._connections.discard(connection))
+        return connection
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(START_TIMEOUT_S)
+        self._loop.close()
+        self._loop = self._loop_thread = self._server = None
+
+
+def _response(status: http.HTTPStatus, content_type: str, body: bytes,
+              extra: dict[str, str] | None = None) -> Response:
+    headers = Headers({"Content-Type": content_type, "Content-Length": str(len(body)),
+                       "X-Content-Type-Options": "nosniff", "Connection": "close", **(extra or {})})
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _peer(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return f"{address[0]}:{address[1]}" if address else "unknown"

@@ -1,0 +1,301 @@
+"""`emotalk-stream` end to end, as users run it, against real receivers on loopback."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_server import ThreadingOSCUDPServer
+from pythonosc.udp_client import SimpleUDPClient
+from websockets.sync.client import connect
+
+from emotalk_stream.engine import Engine
+from emotalk_stream.training.audio import read_audio
+from emotalk_stream.training.blendshapes import INDEX, LIVELINK_UDP_ORDER, NAMES, REGIONS
+from livelink_decoder import decode
+from virtual_mic import virtual_microphone
+from waiting import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "training" / "assets" / "sample.wav"
+CLI = [sys.executable, "-m", "emotalk_stream.streamer.cli"]
+RATE = 16000
+
+
+def expected_frames(path: Path, fps: int) -> int:
+    info = sf.info(str(path))
+    return int(np.floor(info.frames / info.samplerate * fps + 0.5))
+
+
+def run(*args: str, env: dict[str, str] | None = None, data: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], input=data, capture_output=True, timeout=180, env=env)
+
+
+class ArkitReceiver:
+    """A python-osc server collecting `/emotalk/arkit` frames: (index, time, weights)."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, float, np.ndarray]] = []
+        dispatcher = Dispatcher()
+        dispatcher.map("/emotalk/arkit", lambda _a, i, t, *w: self.frames.append((i, t, np.array(w, np.float32))))
+        self.server = ThreadingOSCUDPServer(("127.0.0.1", 0), dispatcher)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = ArkitReceiver()
+    yield r
+    r.close()
+
+
+def check_frames(frames: list[tuple[int, float, np.ndarray]], count: int, fps: int) -> np.ndarray:
+    """`count` frames timed by the audio clock, then the neutral frame; returns the (count, 52) weights."""
+    frames = sorted(frames, key=lambda f: f[0])
+    assert [f[0] for f in frames] == list(range(count + 1))
+    assert all(abs(t - i / fps) < 1e-5 for i, t, _ in frames)
+    assert not frames[-1][2].any(), "the last frame is the neutral face"
+    return np.stack([w for _, _, w in frames[:count]])
+
+
+@pytest.mark.parametrize("fps", [30, 60])
+def test_wav_to_python_osc_gives_exactly_round_n_fps_frames_equal_to_the_engine(receiver: ArkitReceiver, fps: int) -> None:
+    done = run("--wav", str(SAMPLE), "--no-pace", "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit",
+               "--fps", str(fps), "--no-blink", "--quiet")
+    assert done.returncode == 0, done.stderr.decode()
+    count = expected_frames(SAMPLE, fps)
+    wait_for(lambda: len(receiver.frames) >= count + 1, what="every frame")
+    weights = check_frames(receiver.frames, count, fps)
+    engine_frames = Engine.load("default").process([read_audio(SAMPLE)])[0]
+    model = engine_frames[:(count + 1) // 2 if fps == 60 else count]
+    if fps == 30:
+        np.testing.assert_allclose(weights, model, atol=1e-5)
+    else:
+        np.testing.assert_allclose(weights[0::2], model[:len(weights[0::2])], atol=1e-5)
+        np.testing.assert_allclose(weights[1:-1:2], (model[:-1] + model[1:])[:len(weights[1:-1:2])] / 2, atol=1e-5)
+
+
+def test_vmc_bundles_reach_debians_oscdump() -> None:
+    if not Path("/usr/bin/oscdump").exists():
+        pytest.skip("oscdump not installed (apt install liblo-tools)")
+    port = free_port()
+    dump = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []  # read all the time: a full pipe would stall oscdump and lose datagrams
+    threading.Thread(target=lambda: lines.extend(iter(dump.stdout.readline, "")), daemon=True).start()
+    try:
+        time.sleep(0.3)  # oscdump binds before its first line; give it a moment on a busy machine
+        done = run("--wav", str(SAMPLE), "--no-pace", "--osc", f"127.0.0.1:{port}", "--quiet")
+        assert done.returncode == 0, done.stderr.decode()
+        count = expected_frames(SAMPLE, 30)
+        wait_for(lambda: sum("/VMC/Ext/Blend/Apply" in line for line in lines) >= count + 1, timeout=20, what="Apply")
+    finally:
+        dump.kill()
+        dump.wait()
+    values = [line for line in lines if "/VMC/Ext/Blend/Val" in line]
+    assert len(values) == 63 * (count + 1)
+    names = {re.search(r'"(\w+)"', line).group(1) for line in values}
+    assert {"JawOpen", "EyeBlinkLeft", "TongueOut", "A", "Blink_L", "Joy", "Fun"} <= names
+    jaw = [float(line.split()[-1]) for line in values if '"JawOpen"' in line]
+    assert max(jaw) > 0.3 and jaw[-1] == 0.0  # the voice opens the mouth; the stop closes it
+
+
+def test_livelink_packets_decode_with_frame_numbers_at_the_output_rate() -> None:
+    count = expected_frames(SAMPLE, 60)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(10)
+        datagrams: list[bytes] = []  # received while the command runs: a socket buffer holds ~200
+        reader = threading.Thread(target=lambda: datagrams.extend(sock.recv(2048) for _ in range(count + 1)))
+        reader.start()
+        done = run("--wav", str(SAMPLE), "--no-pace", "--livelink", f"127.0.0.1:{sock.getsockname()[1]}",
+                   "--subject", "Anna", "--fps", "60", "--quiet")
+        assert done.returncode == 0, done.stderr.decode()
+        reader.join(10)
+    packets = [decode(datagram) for datagram in datagrams]
+    assert [p["frame"] for p in packets] == list(range(count + 1))
+    assert {(p["version"], p["subject"], p["rate"], p["count"]) for p in packets} == {(6, "Anna", (60, 1), 61)}
+    jaw = np.array([p["values"][LIVELINK_UDP_ORDER.index("JawOpen")] for p in packets])
+    assert jaw.max() > 0.3 and jaw[-1] == 0.0
+
+
+def test_stdin_pcm_at_48k_is_resampled_and_recorded(tmp_path: Path) -> None:
+    audio, rate = sf.read(str(SAMPLE), dtype="float32")
+    import torch
+    from torchaudio.functional import resample
+    pcm48 = resample(torch.from_numpy(audio), rate, 48000).numpy()
+    data = (np.clip(pcm48, -1, 1) * 32767).astype("<i2").tobytes()
+    out = tmp_path / "face.npy"
+    done = run("--stdin", "--stdin-rate", "48000", "--record", str(out), "--quiet", data=data)
+    assert done.returncode == 0, done.stderr.decode()
+    recorded = np.load(out)
+    assert recorded.shape == (int(np.floor(len(pcm48) / 48000 * 30 + 0.5)), 52)
+    assert recorded[:, INDEX["jawOpen"]].max() > 0.3
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(process: subprocess.Popen, timeout: float = 60) -> str:
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return err
+
+
+def test_websocket_clients_get_json_frames_and_send_controls() -> None:
+    port = free_port(socket.SOCK_STREAM)
+    process = start("--wav", str(SAMPLE), "--ws", f"127.0.0.1:{port}", "--no-blink")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "the server never came up"
+                time.sleep(0.1)
+        with client:
+            frames = [json.loads(client.recv(timeout=10)) for _ in range(20)]
+            client.send(json.dumps({"gain": {region: 0.0 for region in ("jaw", "mouth")}}))
+            reply = None
+            after = []
+            while True:
+                message = json.loads(client.recv(timeout=10))
+                if "frame" not in message:
+                    reply = message
+                elif reply is not None:
+                    after.append(message)
+                if message.get("final"):
+                    break
+    finally:
+        err = finish(process)
+    assert process.returncode == 0, err
+    assert set(frames[0]) >= {"frame", "time", "weights"} and set(frames[0]["weights"]) == set(NAMES)
+    assert [f["frame"] for f in frames] == list(range(frames[0]["frame"], frames[0]["frame"] + 20))
+    assert reply == {"ok": True}
+    lips = [name for region in ("jaw", "mouth") for name in (NAMES[i] for i in REGIONS[region])]
+    assert len(after) > 30 and all(f["weights"][name] == 0.0 for f in after[5:] for name in lips)
+    assert after[-1]["final"] is True
+
+
+def test_osc_controls_change_the_face_mid_stream_and_bad_ones_are_refused(receiver: ArkitReceiver) -> None:
+    control = free_port()
+    process = start("--wav", str(SAMPLE), "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit",
+                    "--control", f"127.0.0.1:{control}", "--no-blink")
+    try:
+        wait_for(lambda: len(receiver.frames) >= 30, timeout=30, what="30 frames")
+        client = SimpleUDPClient("127.0.0.1", control)
+        client.send_message("/emotalk/level", 9.0)  # refused
+        client.send_message("/emotalk/gain", ["jaw", 0.0])
+        client.send_message("/emotalk/gain", ["mouth", 0.0])
+        wait_for(lambda: len(receiver.frames) >= 60, timeout=30, what="60 frames")
+        changed_at = len(receiver.frames)
+    finally:
+        err = finish(process)
+    assert process.returncode == 0, err
+    assert "refused" in err and "level" in err
+    weights = check_frames(receiver.frames, expected_frames(SAMPLE, 30), 30)
+    lips = [i for region in ("jaw", "mouth") for i in REGIONS[region]]
+    assert weights[:30, INDEX["jawOpen"]].max() > 0.2
+    assert not weights[changed_at:, lips].any()
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_within_a_second_with_a_neutral_frame(receiver: ArkitReceiver, how: signal.Signals) -> None:
+    process = start("--wav", str(SAMPLE), "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit")
+    try:
+        wait_for(lambda: len(receiver.frames) >= 30, timeout=30, what="30 frames")
+        process.send_signal(how)
+        signalled = time.monotonic()
+        err = finish(process, timeout=5)
+        stopped = time.monotonic() - signalled
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert stopped < 1.0
+    wait_for(lambda: any(not w.any() for _, _, w in receiver.frames), what="the neutral frame")
+    frames = sorted(receiver.frames, key=lambda f: f[0])
+    assert not frames[-1][2].any() and frames[-1][0] == len(frames) - 1
+    assert len(frames) < expected_frames(SAMPLE, 30)
+
+
+def test_microphone_through_a_pulseaudio_virtual_mic(receiver: ArkitReceiver, tmp_path: Path) -> None:
+    with virtual_microphone() as mic:
+        listed = run("--list-devices", env=mic.env)
+        assert listed.returncode == 0 and "default" in listed.stdout.decode()
+        process = start("--mic", "default", "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit",
+                        "--record", str(tmp_path / "mic.npy"), "--no-blink", env=mic.env)
+        try:
+            wait_for(lambda: len(receiver.frames) >= 15, timeout=30, what="frames of room silence")
+            quiet = len(receiver.frames)
+            mic.play(SAMPLE).wait(timeout=30)
+            wait_for(lambda: len(receiver.frames) >= quiet + 5 * 30, timeout=10, what="the speech's frames")
+            process.send_signal(signal.SIGINT)
+            err = finish(process, timeout=10)
+        finally:
+            process.kill()
+    assert process.returncode == 0, err
+    frames = sorted(receiver.frames, key=lambda f: f[0])
+    assert [f[0] for f in frames] == list(range(len(frames)))
+    jaw = np.array([w[INDEX["jawOpen"]] for _, _, w in frames])
+    assert jaw[quiet:].max() > 0.3  # the voice opens the mouth
+    recorded = np.load(tmp_path / "mic.npy")
+    assert len(recorded) == len(frames) - 1  # every frame but the neutral one
+    status = [line for line in err.splitlines() if "fps |" in line]
+    assert status and re.search(r"latency p50 \d+ ms p95 \d+ ms \| input +-?\d+\.\d dBFS \| drops 0 \| overruns \d+",
+                                err), err
+    assert re.search(r"stopped: \d+ frames", err)
+
+
+def bad_wav(tmp_path: Path) -> str:
+    path = tmp_path / "broken.wav"
+    path.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage that is no audio")
+    return str(path)
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("no such device", ["--mic", "no-such-microphone-xyz", "--osc", "127.0.0.1:9000"], r"no-such-microphone-xyz.*--list-devices"),
+    ("unreadable wav", ["--wav", "BROKEN", "--osc", "127.0.0.1:9000"], r"cannot read .*broken\.wav"),
+    ("missing wav", ["--wav", "/nonexistent/speech.wav", "--osc", "127.0.0.1:9000"], r"does not exist"),
+    ("bad address", ["--wav", str(SAMPLE), "--osc", "127.0.0.1"], r"--osc '127\.0\.0\.1' is not HOST:PORT"),
+    ("bad port", ["--wav", str(SAMPLE), "--livelink", "localhost:99999"], r"--livelink .*port must be"),
+    ("ws port in use", ["--wav", str(SAMPLE), "--ws", "127.0.0.1:BUSY_TCP"], r"port \d+ is in use"),
+    ("control port in use", ["--wav", str(SAMPLE), "--osc", "127.0.0.1:9000", "--control", "127.0.0.1:BUSY_UDP"],
+     r"port \d+ is in use"),
+    ("no output", ["--wav", str(SAMPLE)], r"nothing to send to"),
+    ("no source", ["--osc", "127.0.0.1:9000"], r"no audio source"),
+    ("bad gain", ["--wav", str(SAMPLE), "--osc", "127.0.0.1:9000", "--gain", "nose=2"], r"unknown face region 'nose'"),
+    ("bad emotion", ["--wav", str(SAMPLE), "--osc", "127.0.0.1:9000", "--emotion", "ecstatic"], r"unknown emotion"),
+    ("bad record", ["--wav", str(SAMPLE), "--record", "face.mp4"], r"\.csv .*\.npy"),
+])
+def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path: Path, case: str, args: list[str], message: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        udp.bind(("127.0.0.1", 0))
+        args = [a.replace("BROKEN", bad_wav(tmp_path)).replace("BUSY_TCP", str(tcp.getsockname()[1]))
+                .replace("BUSY_UDP", str(udp.getsockname()[1])) for a in args]
+        done = run(*args, "--quiet")
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 2, (case, lines)
+    assert len(lines) == 1 and lines[0].startswith("emotalk-stream: error: "), (case, lines)
+    assert re.search(message, lines[0]), (case, lines)
+    assert "Traceback" not in done.stderr.decode()

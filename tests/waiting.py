@@ -1,0 +1,20 @@
+"""Shared test helpers: wait for a condition instead of sleeping a guessed time; free ports."""
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+
+def wait_for(condition: Callable[[], object], what: str = "condition", timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.01)
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port nothing listens on right now (UDP by default)."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
