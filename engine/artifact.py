@@ -29,7 +29,7 @@ MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 ARTIFACT_FORMAT = "emotalk-engine"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: hops shifted by PREROLL samples, 240 samples of audio context
 OPSET = 18
 ENCODER_FRAME_MS = 20
 

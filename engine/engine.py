@@ -32,7 +32,7 @@ from ..training.infer import check_prototype, parse_emotion, parse_level, parse_
 from ..training.model import EmoTalk, frame_count
 from . import artifact
 from .backends import Backend, OnnxRuntimeBackend, TorchBackend, batches, require_backend
-from .small_step import NEVER, SmallStreamingStep, audio_end_frame
+from .small_step import NEVER, PREROLL, SmallStreamingStep, audio_end_frame
 from .window_step import WindowStreamingStep
 
 
@@ -75,7 +75,7 @@ class Stream:
         self.slot = slot
         self._buffer = np.zeros(4 * engine.hop_samples, dtype=np.float32)
         self._start = 0  # first unread sample in the buffer
-        self._pending = 0  # unread samples
+        self._pending = engine.preroll  # unread samples: the step's leading zeros, then the audio
         self.samples_received = 0
         self.nonfinite_samples = 0
         self._finished = False
@@ -187,7 +187,7 @@ class Engine:
     """Batched streaming inference of one model on one backend."""
 
     def __init__(self, cfg: ModelConfig, backend: Backend, hop_frames: int, lookahead_frames: int,
-                 prototypes: Sequence[str]):
+                 prototypes: Sequence[str], preroll: int = 0):
         self.cfg = cfg
         self.backend = backend
         self.hop_frames = hop_frames
@@ -195,6 +195,7 @@ class Engine:
         self.prototype_labels = tuple(prototypes)
         self.sample_rate = cfg.sample_rate
         self.hop_samples = hop_frames * artifact.ENCODER_FRAME_MS * cfg.sample_rate // 1000
+        self.preroll = preroll  # zeros the step expects before a stream's first sample
         self._free: list[int] = []
         self._next_slot = 0
 
@@ -242,7 +243,7 @@ class Engine:
             torch.set_num_threads(threads)  # process-wide: PyTorch has no per-module thread setting
         step = SmallStreamingStep(model, hop, lookahead) if streaming else WindowStreamingStep(model, hop, lookahead)
         runner = TorchBackend(step, artifact.step_interface(step), device)
-        return cls(model.cfg, runner, hop, lookahead, artifact.prototype_labels(model))
+        return cls(model.cfg, runner, hop, lookahead, artifact.prototype_labels(model), PREROLL if streaming else 0)
 
     @classmethod
     def _from_artifact(cls, folder: Path, backend: str | None, threads: int | None) -> "Engine":
@@ -259,7 +260,8 @@ class Engine:
             runner: Backend = TensorRTBackend(folder / artifact.PLAN_FILE, manifest.step_interface, manifest.max_streams)
         else:
             runner = OnnxRuntimeBackend(folder / artifact.ONNX_FILE, manifest.step_interface, threads)
-        return cls(manifest.config, runner, manifest.hop_frames, manifest.lookahead_frames, manifest.prototype_labels)
+        return cls(manifest.config, runner, manifest.hop_frames, manifest.lookahead_frames, manifest.prototype_labels,
+                   PREROLL)  # artifacts hold the exact `small` step
 
     # -- streams --
 

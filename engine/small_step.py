@@ -5,7 +5,8 @@ the batch axis, so the same code runs in PyTorch and exports to ONNX (and from t
 It reproduces the offline model exactly (tests/test_engine.py) because every part of `small` has
 a bounded view; the state is what each part remembers of the past:
 
-- `audio`: the last 520 samples (the mel window reaches 200 samples back, and frames lag a hop);
+- `audio`: the last 240 samples (the mel window reaches 200 samples back, and a front-end frame
+  40 samples past its 20 ms boundary);
 - per encoder, `mel`: the last log-mel frame (the stride-2 convolution needs mel 2j-1..2j+1);
   `pos`: the last 14 front-end frames (the causal positional convolution); `delay`: the last
   `lookahead` front-end frames, which the first layer may only answer once their future arrived;
@@ -16,7 +17,10 @@ a bounded view; the state is what each part remembers of the past:
 - `step`/`next_frame`: counters, so each stream of a batch may be at its own phase.
 
 Frame bookkeeping: step s (hop of h encoder frames, look-ahead L) computes front-end frames
-hs-1 .. hs+h-2 (frame j needs samples up to 320j+360) and encoder output frames L earlier. Output
+hs-1 .. hs+h-2 (frame j needs samples up to 320j+360) and encoder output frames L earlier. Its
+hops are shifted by `PREROLL` = 280 samples (the stream starts with 280 zeros), so step s ends at
+sample 320h(s+1)-280, exactly where its last frame's audio ends: no frame waits for a hop it does
+not need. Output
 frame k (at k/fps) interpolates encoder frames floor(k*50/fps) and the next; it is emitted by the
 first step that has both. Work per step is constant: nothing grows with the stream.
 """
@@ -34,12 +38,14 @@ from ..training.config import ModelConfig
 from ..training.errors import UserError
 from ..training.model import EmoTalk, frame_count
 from ..training.streaming_encoder import (
-    ENCODER_HOP, MEL_HOP, N_FFT, POS_CONV_KERNEL, EncoderLayer, LogMel, StreamingEncoder,
+    ENCODER_HOP, N_FFT, POS_CONV_KERNEL, EncoderLayer, LogMel, StreamingEncoder,
     encoder_frames_needed, samples_needed,
 )
 
 MASK = -3.0e4  # additive attention mask: exp() is 0 in fp32 and it still fits fp16
-AUDIO_CONTEXT = N_FFT // 2 + ENCODER_HOP  # 520 samples: a hop of lag plus the mel window's past
+REACH = 40  # samples a front-end frame needs past its 20 ms boundary (frame j: up to 320(j+1)+40)
+AUDIO_CONTEXT = N_FFT // 2 + REACH  # 240 samples: the mel window's past plus that reach
+PREROLL = ENCODER_HOP - REACH  # 280 zeros before a stream's first sample align the hops to the frames
 NEVER = 2**62  # `audio_end` of a stream still receiving audio
 
 
@@ -138,7 +144,7 @@ class EncoderStep(nn.Module):
                  first_frame: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """New front-end frames (B, h, hidden) as `StreamingEncoder.frontend` computes them offline."""
         enc = self.encoder
-        mel = enc.mel.uncentred(window[:, : self.hop * ENCODER_HOP + N_FFT - MEL_HOP])  # (B, 2h, n_mels)
+        mel = enc.mel.uncentred(window)  # (B, 2h, n_mels): the window is exactly their samples
         mel_index = first_mel[:, None] + torch.arange(mel.shape[1], device=mel.device)
         mel = torch.where((mel_index >= 0)[..., None], mel, 0.0)  # offline pads frame -1 with zeros
         mels = torch.cat([mel_cache, mel], dim=1)  # (B, 2h + 1, n_mels)

@@ -153,6 +153,9 @@ def make_sinks(args: argparse.Namespace, board: ControlBoard) -> list[Sink]:
 
 def load_engine(args: argparse.Namespace) -> Engine:
     if args.engine:
+        if args.lookahead_ms is not None:
+            raise UserError("--lookahead-ms is for a checkpoint (--model); an engine artifact has its own: "
+                            "export another one with emotalk-export --lookahead-ms")
         return Engine.load(args.engine, args.backend, threads=args.threads)
     return Engine.load(args.model, args.backend or "torch", lookahead_ms=args.lookahead_ms, threads=args.threads)
 

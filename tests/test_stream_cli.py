@@ -285,6 +285,8 @@ def bad_wav(tmp_path: Path) -> str:
     ("bad gain", ["--wav", str(SAMPLE), "--osc", "127.0.0.1:9000", "--gain", "nose=2"], r"unknown face region 'nose'"),
     ("bad emotion", ["--wav", str(SAMPLE), "--osc", "127.0.0.1:9000", "--emotion", "ecstatic"], r"unknown emotion"),
     ("bad record", ["--wav", str(SAMPLE), "--record", "face.mp4"], r"\.csv .*\.npy"),
+    ("look-ahead of an artifact", ["--wav", str(SAMPLE), "--engine", "runs/x", "--lookahead-ms", "0", "--osc",
+                                   "127.0.0.1:9000"], r"--lookahead-ms is for a checkpoint"),
 ])
 def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path: Path, case: str, args: list[str], message: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:

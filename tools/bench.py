@@ -77,7 +77,8 @@ def time_steps(engine: Engine, streams: int, seconds: float, track_memory: bool 
             if n >= WARMUP_STEPS:
                 times[n - WARMUP_STEPS] = elapsed * 1000.0
                 if frames[0]:
-                    delays[n] = ((n + 1) * hop / engine.sample_rate - frames[0][0].time) * 1000.0
+                    consumed = (n + 1) * hop - engine.preroll  # the step's hops start `preroll` early
+                    delays[n] = (consumed / engine.sample_rate - frames[0][0].time) * 1000.0
                 if track_memory and n % 50 == 0:
                     peak = max(peak, current_rss_mb())
     finally:
