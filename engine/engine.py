@@ -84,6 +84,7 @@ class Stream:
         self.frames_decoded = 0
         self._frames: deque[Frame] = deque()
         self.emotion_logits: np.ndarray | None = None
+        self.error: str | None = None  # why the engine failed on this stream; it then stops
         self.closed = False
         self.controls = controls
 
@@ -133,8 +134,8 @@ class Stream:
 
     @property
     def done(self) -> bool:
-        """Finished and every frame of the audio decoded."""
-        return self._finished and self.frames_decoded >= (self._total_frames or 0)
+        """No more frames will come: finished and every frame decoded, or failed (`error`)."""
+        return self.error is not None or (self._finished and self.frames_decoded >= (self._total_frames or 0))
 
     def frames(self) -> Iterator[Frame]:
         """Yield (and forget) the frames finished so far, in order."""
@@ -157,7 +158,7 @@ class Stream:
     # -- used by Engine.step --
 
     def _ready(self) -> bool:
-        if self.closed:
+        if self.closed or self.error is not None:
             return False
         return self._pending >= self._engine.hop_samples or (self._finished and not self.done)
 
@@ -216,6 +217,8 @@ class Engine:
         `hop_ms`/`lookahead_ms`); an artifact runs on the backend it was built for, with its own
         hop and look-ahead.
         """
+        if threads is not None and threads < 1:
+            raise UserError(f"{threads} engine threads: give 1 or more (--threads N)")
         if backend is not None:
             require_backend(backend)
         if not isinstance(source, EmoTalk) and artifact.is_artifact(source):
@@ -320,12 +323,28 @@ class Engine:
                 "emotion_strength": np.array([c.strength for c in controls], dtype=np.float32),
                 "audio_end": np.array([s._audio_end for s in group], dtype=np.int64),
             }
-            outputs = self.backend.run(slots, inputs)
-            for i, stream in enumerate(group):
-                n = int(outputs["n_frames"][i])
-                stream._deliver(outputs["weights"][i, :n], outputs["emotion_logits"][i])
-                produced += n
+            for members, outputs in self._run_isolated(slots, group, inputs):
+                for i, stream in enumerate(members):
+                    n = int(outputs["n_frames"][i])
+                    stream._deliver(outputs["weights"][i, :n], outputs["emotion_logits"][i])
+                    produced += n
         return produced
+
+    def _run_isolated(self, slots: np.ndarray, group: list[Stream],
+                      inputs: dict[str, np.ndarray]) -> list[tuple[list[Stream], dict[str, np.ndarray]]]:
+        """Run one batch; if it fails, each of its streams alone, so that a stream the backend
+        cannot run fails alone (`stream.error`) and the others go on. States are only written by a
+        run that succeeds."""
+        try:
+            return [(group, self.backend.run(slots, inputs))]
+        except Exception as exc:  # noqa: BLE001 - any backend failure is confined to its streams
+            if len(group) == 1:
+                group[0].error = f"{type(exc).__name__}: {exc}"
+                return []
+        results = []
+        for i, stream in enumerate(group):
+            results += self._run_isolated(slots[i:i + 1], [stream], {k: v[i:i + 1] for k, v in inputs.items()})
+        return results
 
     def process(self, clips: Sequence[np.ndarray], controls: Controls | Sequence[Controls] | None = None) -> list[np.ndarray]:
         """Stream whole clips (16 kHz mono) side by side, one stream each: (T, 52) per clip.
@@ -339,6 +358,9 @@ class Engine:
                 stream.input_finished()
             while not all(s.done for s in streams):
                 self.step(streams)
+            failed = [s.error for s in streams if s.error is not None]
+            if failed:
+                raise RuntimeError(f"the engine failed on {len(failed)} of {len(streams)} clips: {failed[0]}")
             return [np.stack([f.weights for f in s.frames()]) if s.frames_decoded else np.zeros((0, COUNT), np.float32)
                     for s in streams]
         finally:

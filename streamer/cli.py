@@ -12,14 +12,16 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from ..engine import Controls, Engine
+from ..engine.artifact import MANIFEST_FILE, is_artifact
 from ..engine.backends import BACKENDS
 from ..training.blendshapes import REGIONS
 from ..training.errors import UserError, add_debug_flag, run_cli
 from . import console as console_module
-from .address import parse_address
+from .address import parse_address, parse_listen_address
 from .controls import ControlBoard
 from .face import MAX_SMOOTHING_S, FaceSettings
 from .livelink import LiveLinkSink
@@ -32,6 +34,7 @@ from .sources import MicSource, Source, StdinSource, WavSource, list_devices
 from .websocket_sink import WebSocketSink
 
 PROG = console_module.PROG
+TOKEN_ENV = "EMOTALK_TOKEN"  # --token's default, kept out of `ps`
 log = logging.getLogger("emotalk_stream.streamer.cli")  # also when run as __main__
 
 
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--stdin", action="store_true", help="raw PCM on standard input (TTS, ffmpeg)")
     one.add_argument("--list-devices", action="store_true", help="list the microphones and exit")
     src.add_argument("--no-pace", action="store_true", help="--wav as fast as possible instead of in real time")
+    src.add_argument("--exit-on-device-loss", action="store_true",
+                     help="stop when the microphone goes away (default: neutral face, wait for it to come back)")
     src.add_argument("--stdin-format", choices=("s16le", "f32le"), default="s16le", help="--stdin sample format")
     src.add_argument("--stdin-rate", type=int, default=16000, metavar="HZ", help="--stdin sample rate (default 16000)")
     src.add_argument("--stdin-channels", type=int, default=1, metavar="N", help="--stdin channels, mixed down")
@@ -59,13 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("outputs (any number)")
     out.add_argument("--osc", action="append", default=[], metavar="HOST:PORT", help="OSC over UDP, e.g. 127.0.0.1:39539 for VSeeFace")
-    out.add_argument("--osc-format", choices=("vmc", "arkit"), default="vmc",
-                     help="vmc: VMC perfect-sync names + VRM presets (default); arkit: /emotalk/arkit, 52 floats")
+    out.add_argument("--osc-format", action="append", choices=("vmc", "arkit"), default=[],
+                     help="vmc: VMC perfect-sync names + VRM presets (default); arkit: /emotalk/arkit, 52 floats; "
+                          "once for every --osc, or once per --osc in the same order")
     out.add_argument("--livelink", action="append", default=[], metavar="HOST:PORT", help="Live Link Face UDP, e.g. 127.0.0.1:11111")
     out.add_argument("--subject", default="EmoTalk", help="Live Link subject name (default EmoTalk)")
-    out.add_argument("--ws", metavar="HOST:PORT", help="WebSocket JSON frames + a viewer page at http://HOST:PORT/")
+    out.add_argument("--ws", metavar="[HOST:]PORT", help="WebSocket JSON frames + a viewer page at http://HOST:PORT/; "
+                     "HOST defaults to 127.0.0.1 (this machine only), 0.0.0.0 is every network")
+    out.add_argument("--token", metavar="TOKEN", help="--ws clients must send TOKEN (?token=TOKEN or Authorization: "
+                     f"Bearer TOKEN); the viewer is then http://HOST:PORT/?token=TOKEN. Default: ${TOKEN_ENV}, "
+                     "which keeps it out of the process list")
+    out.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                     help="also let scripts of the web page at ORIGIN (e.g. http://localhost:3000) connect to --ws; "
+                          "repeatable (the viewer's own origin always may)")
+    out.add_argument("--wait-for-client", action="store_true",
+                     help="start the input only once a --ws client is connected, so it sees every frame")
     out.add_argument("--record", action="append", default=[], metavar="FILE.csv|FILE.npy", help="record the frames")
-    out.add_argument("--control", metavar="HOST:PORT", help="accept live controls over OSC (/emotalk/emotion ...)")
+    out.add_argument("--control", metavar="[HOST:]PORT", help="accept live controls over OSC (/emotalk/emotion "
+                     "...); HOST defaults to 127.0.0.1 (OSC has no authentication)")
 
     face = p.add_argument_group("face")
     face.add_argument("--fps", type=int, choices=(30, 60), default=30, help="output frame rate (60 is interpolated)")
@@ -88,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    with console_module.native_stderr_diverted(keep=args.debug):
+        return stream(args)
+
+
+def stream(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(list_devices())
         return 0
@@ -108,9 +129,11 @@ def run(args: argparse.Namespace) -> int:
             sink.open()
             opened.append(sink)
         if args.control:
-            control = OscControlServer(*parse_address(args.control, "--control"), board)
+            control = OscControlServer(*parse_listen_address(args.control, "--control"), board)
             control.open()
-        streamer = Streamer(source, engine, board, sinks, args.fps, console, args.seed)
+        if args.wait_for_client:
+            wait_for_client(sinks)
+        streamer = Streamer(source, engine, board, sinks, args.fps, console, args.seed, args.exit_on_device_loss)
         log.info("streaming %s at %d fps to %s (Ctrl-C stops)", describe_source(args), args.fps,
                  ", ".join(s.name for s in sinks))
         summary = with_signals(streamer.run)
@@ -121,6 +144,16 @@ def run(args: argparse.Namespace) -> int:
             control.close()
     report(summary)
     return 0
+
+
+def wait_for_client(sinks: list[Sink]) -> None:
+    """Hold the input until a WebSocket client is connected, so it sees the stream from frame 0."""
+    ws = next((s for s in sinks if isinstance(s, WebSocketSink)), None)
+    if ws is None:
+        raise UserError("--wait-for-client waits for a WebSocket client: add --ws [HOST:]PORT")
+    log.info("waiting for a client at %s (Ctrl-C stops)", ws.url)
+    while ws.clients == 0:
+        time.sleep(0.05)
 
 
 def make_source(args: argparse.Namespace) -> Source:
@@ -143,10 +176,19 @@ def describe_source(args: argparse.Namespace) -> str:
 
 def make_sinks(args: argparse.Namespace, board: ControlBoard) -> list[Sink]:
     """Every sink, with every address checked before any socket is opened."""
-    sinks: list[Sink] = [OscSink(*parse_address(a, "--osc"), args.osc_format) for a in args.osc]
+    formats = args.osc_format or ["vmc"]
+    if len(formats) not in (1, len(args.osc)):
+        raise UserError(f"{len(formats)} --osc-format for {len(args.osc)} --osc: give one format for all, "
+                        f"or one per --osc in the same order")
+    formats = formats * len(args.osc) if len(formats) == 1 else formats
+    sinks: list[Sink] = [OscSink(*parse_address(a, "--osc"), f) for a, f in zip(args.osc, formats)]
     sinks += [LiveLinkSink(*parse_address(a, "--livelink"), args.subject) for a in args.livelink]
+    if (args.token or args.allow_origin) and not args.ws:
+        raise UserError("--token and --allow-origin protect the WebSocket server: add --ws [HOST:]PORT")
     if args.ws:
-        sinks.append(WebSocketSink(*parse_address(args.ws, "--ws"), board))
+        token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+        sinks.append(WebSocketSink(*parse_listen_address(args.ws, "--ws"), board, token=token,
+                                   allowed_origins=args.allow_origin))
     sinks += [Recorder(path) for path in args.record]
     return sinks
 
@@ -156,6 +198,9 @@ def load_engine(args: argparse.Namespace) -> Engine:
         if args.lookahead_ms is not None:
             raise UserError("--lookahead-ms is for a checkpoint (--model); an engine artifact has its own: "
                             "export another one with emotalk-export --lookahead-ms")
+        if not is_artifact(args.engine):
+            raise UserError(f"--engine {args.engine} is not an engine artifact (no {MANIFEST_FILE}): export one with "
+                            "emotalk-export --out DIR, or pass a checkpoint folder with --model")
         return Engine.load(args.engine, args.backend, threads=args.threads)
     return Engine.load(args.model, args.backend or "torch", lookahead_ms=args.lookahead_ms, threads=args.threads)
 

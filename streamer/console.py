@@ -6,10 +6,14 @@ seconds, so CI logs stay readable.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 PROG = "emotalk-stream"
@@ -74,4 +78,36 @@ def install(quiet: bool) -> Console:
     root.handlers[:] = [console]
     root.setLevel(logging.INFO)
     root.propagate = False
+    # python-osc warns on the root logger about each malformed datagram it skips; the control
+    # server already refuses and logs those once, in our words.
+    logging.getLogger("pythonosc").setLevel(logging.ERROR)
     return console
+
+
+@contextlib.contextmanager
+def native_stderr_diverted(keep: bool = False) -> Iterator[None]:
+    """Send what C libraries print on file descriptor 2 (PortAudio's and ALSA's diagnostics when a
+    device goes away) to /dev/null, while Python's own messages keep the terminal through a
+    duplicate of it. `keep` (--debug) leaves everything as it is. Only where sys.stderr is fd 2."""
+    try:
+        real = not keep and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        real = False
+    if not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, encoding=python_stderr.encoding, errors="backslashreplace",
+                      closefd=False)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr = python_stderr

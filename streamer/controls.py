@@ -89,7 +89,7 @@ class ControlBoard:
             return self.refuse(origin, f"control message of {len(text)} bytes; the limit is {MAX_JSON_BYTES}")
         try:
             message = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested ~1000 deep
             return self.refuse(origin, f"control message is not JSON ({exc})")
         if not isinstance(message, dict) or not message:
             return self.refuse(origin, 'a control message is a JSON object such as {"emotion": "happy:0.7"}')

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import Engine, Stream
+from ..training.errors import UserError
 from .clock import FrameClock
 from .console import Console
 from .controls import ControlBoard
 from .face import FacePost
 from .frames import OutFrame, neutral_frame
 from .sink import Sink
-from .sources import Source
+from .sources import DeviceLost, Source
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ STATUS_EVERY_S = 1.0
 # At 60 fps two output frames follow each 30 fps model frame; from a live source the second one
 # waits most of a frame period so receivers see an even 60 fps rather than pairs.
 PACE_FRACTION = 0.9
+REOPEN_EVERY_S = 1.0  # a lost microphone: how often to try it again and repeat the neutral face
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Summary:
 
 class Streamer:
     def __init__(self, source: Source, engine: Engine, board: ControlBoard, sinks: Sequence[Sink],
-                 fps: int = 30, console: Console | None = None, seed: int = 0):
+                 fps: int = 30, console: Console | None = None, seed: int = 0, exit_on_device_loss: bool = False):
         self.source, self.engine, self.board, self.sinks = source, engine, board, list(sinks)
         self.fps = fps
         self.console = console
@@ -57,8 +59,11 @@ class Streamer:
         self._pace = source.realtime and fps > engine.cfg.fps
         self._last_release = 0.0
         self._next_status = time.monotonic() + STATUS_EVERY_S
+        self._exit_on_device_loss = exit_on_device_loss
+        self._lost = False  # the microphone went away and has not delivered since
         for sink in self.sinks:
             sink.on_sent = self._sent
+            sink.lossless = not source.realtime
 
     def run(self, stop: threading.Event) -> Summary:
         """Stream until the input ends or `stop` is set; every sink ends on a neutral frame."""
@@ -66,22 +71,31 @@ class Streamer:
         try:
             self.source.start()
             while not stop.is_set():
-                chunk = self.source.read(READ_TIMEOUT_S)
+                try:
+                    chunk = self.source.read(READ_TIMEOUT_S)
+                except DeviceLost as lost:
+                    self._wait_for_device(lost, stop)
+                    continue
                 if chunk is None:
                     if self.source.finished:
                         break
                 elif len(chunk):
+                    if self._lost:
+                        self._lost = False
+                        log.info("the microphone is back: streaming again")
                     self._apply_controls()
                     stream.accept_waveform(self.engine.sample_rate, chunk)
                     self.stats.record_audio(chunk)
                     while self.engine.is_ready(stream):
                         self.engine.step([stream])
+                    self._check_engine()
                     self._emit(finished=False)
                 self._report()
             if not stop.is_set():  # end of input: decode the tail, then the exact last frame
                 stream.input_finished()
                 while not stream.done:
                     self.engine.step([stream])
+                self._check_engine()
                 self._emit(finished=True)
         finally:
             last = neutral_frame(self._clock.next_index, self.fps)
@@ -94,6 +108,30 @@ class Streamer:
         return Summary(self.stats.frames, stream.samples_received / self.engine.sample_rate,
                        self.stats.run_latency_ms(), sum(s.drops for s in self.sinks), self.source.overruns,
                        stop.is_set())
+
+    def _wait_for_device(self, lost: DeviceLost, stop: threading.Event) -> None:
+        """Rest every avatar on a neutral face until the microphone opens again (or stop)."""
+        if self._exit_on_device_loss:
+            raise UserError(f"{lost}; stopping as --exit-on-device-loss asks") from None
+        if not self._lost:
+            log.warning("%s; the avatars rest on a neutral face until it is back "
+                        "(--exit-on-device-loss stops instead)", lost)
+            self._lost = True
+        while not stop.is_set():
+            neutral = neutral_frame(self._clock.next_index, self.fps)
+            for sink in self.sinks:
+                sink.submit(neutral)
+            if stop.wait(REOPEN_EVERY_S):
+                return
+            try:
+                self.source.start()
+                return
+            except UserError:
+                continue
+
+    def _check_engine(self) -> None:
+        if self._stream.error is not None:
+            raise RuntimeError(f"the engine failed: {self._stream.error}")
 
     def _apply_controls(self) -> None:
         controls, face, version = self.board.current
@@ -118,7 +156,7 @@ class Streamer:
                 release = max(time.monotonic(), self._last_release + PACE_FRACTION / self.fps)
                 self._last_release = release
             for sink in self.sinks:
-                sink.submit(frame, release, wait=not self.source.realtime)
+                sink.submit(frame, release)
             self.stats.frames += 1
 
     def _sent(self, frame: OutFrame, sent_at: float) -> None:

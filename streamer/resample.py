@@ -21,10 +21,11 @@ from math import gcd
 
 import numpy as np
 
+from ..training.audio import MAX_RATE, MIN_RATE
+
 LOOKAHEAD = 16  # samples at the lower of the two rates, on each side of an output sample
 ROLLOFF = 0.86  # cutoff as a fraction of the lower Nyquist frequency
 KAISER_BETA = 7.0  # about 70 dB stop-band attenuation with this filter length
-MIN_RATE, MAX_RATE = 8000, 192000
 _BATCH = 4096  # output samples per vectorised step, to bound memory on long one-shot inputs
 
 

@@ -32,6 +32,9 @@ class Sink(ABC):
         self.drops = 0
         self.errors = 0
         self.on_sent: Callable[[OutFrame, float], None] | None = None  # (frame, monotonic send time)
+        # Lossless: input faster than real time (a file, a pipe), where every frame must arrive, so
+        # a full queue waits for room instead of dropping (a live show wants the newest face).
+        self.lossless = False
         self._queue: deque[tuple[OutFrame, float]] = deque()
         self._capacity = queue_frames
         self._wake = threading.Condition()
@@ -46,14 +49,11 @@ class Sink(ABC):
         self._thread = threading.Thread(target=self._run, name=f"sink {self.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, frame: OutFrame, release_at: float = 0.0, wait: bool = False) -> None:
-        """Queue `frame` to go out no earlier than `release_at` (time.monotonic).
-
-        A full queue drops its oldest frame (a live show wants the newest face), or with `wait`
-        (input faster than real time, where every frame must arrive) waits for room.
-        """
+    def submit(self, frame: OutFrame, release_at: float = 0.0) -> None:
+        """Queue `frame` to go out no earlier than `release_at` (time.monotonic); a full queue drops
+        its oldest frame, or waits for room when `lossless`."""
         with self._wake:
-            while wait and len(self._queue) >= self._capacity and self._thread is not None \
+            while self.lossless and len(self._queue) >= self._capacity and self._thread is not None \
                     and self._thread.is_alive():
                 self._wake.wait(0.1)
             if len(self._queue) >= self._capacity:

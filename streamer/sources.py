@@ -33,6 +33,11 @@ PIPE_READ_BYTES = 8192  # at most this much per read from the pipe: small, so ar
 PIPE_QUEUE_CHUNKS = 64  # converted chunks waiting for `read`; a full queue holds back the writer
 
 
+class DeviceLost(UserError):
+    """The microphone stopped delivering (unplugged, taken away, sound server gone); `start` may
+    open it again."""
+
+
 def _clipped(audio: np.ndarray) -> np.ndarray:
     """Into [-1, 1]: the resampler's filter may overshoot full-scale input a little."""
     return np.clip(audio, -1.0, 1.0, out=audio)
@@ -246,13 +251,21 @@ class MicSource(Source):
         self._ring: RingBuffer | None = None
         self._resampler: StreamingResampler | None = None
         self._overflows = 0  # blocks the device itself reported as overflowed
+        self._lost_overruns = 0  # overruns of rings from before a reopen
         self._opened_at = 0.0
+        self._handed_out = 0  # 16 kHz samples returned by `read`, over every opening
+        self._base = 0  # the first sample of the current opening
 
     @property
     def overruns(self) -> int:  # type: ignore[override]
-        return self._overflows + (self._ring.overruns if self._ring is not None else 0)
+        return self._overflows + self._lost_overruns + (self._ring.overruns if self._ring is not None else 0)
 
     def start(self) -> None:
+        """Open the device; after `DeviceLost`, open it again (found by the same name or index)."""
+        self.close()
+        if self._ring is not None:
+            self._lost_overruns += self._ring.overruns
+        self._base = self._handed_out
         sd = _sounddevice()
         index, info = find_input_device(self.device)
         self.name = f"{info['name']!r} (device {index})"
@@ -296,6 +309,7 @@ class MicSource(Source):
                 mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
                 out = self._resampler.process(mono)
                 if len(out):
+                    self._handed_out += len(out)
                     return _clipped(out)
             self._check_alive()  # only once what it delivered is read
             left = deadline - time.monotonic()
@@ -304,24 +318,25 @@ class MicSource(Source):
             self._ring.wait(min(left, STALL_S))
 
     def _check_alive(self) -> None:
-        """Raise when the device stopped delivering (unplugged, taken away, sound server gone)."""
+        """Raise `DeviceLost` when the device stopped delivering (unplugged, taken away, sound
+        server gone); the caller decides whether to wait for it or to stop."""
         assert self._ring is not None
-        if not self._stream.active:
-            raise UserError(f"microphone {self.name} stopped: the sound system ended the stream (device "
-                            f"unplugged or gone?); check it and start again (see --list-devices)")
+        if self._stream is None or not self._stream.active:
+            raise DeviceLost(f"microphone {self.name} stopped: the sound system ended the stream "
+                             f"(device unplugged or gone?)")
         silent = time.monotonic() - max(self._ring.last_write, self._opened_at)
         if silent > STALL_S:
-            raise UserError(f"microphone {self.name} stopped: no audio for {silent:.1f} s (device unplugged "
-                            f"or gone?); check it and start again (see --list-devices)")
+            raise DeviceLost(f"microphone {self.name} stopped: no audio for {silent:.1f} s "
+                             f"(device unplugged or gone?)")
 
     @property
     def finished(self) -> bool:
         return False  # a microphone never ends by itself
 
     def arrival_time(self, sample: int) -> float | None:
-        if self._ring is None:
+        if self._ring is None or sample < self._base:
             return None
-        return self._ring.arrival_time(sample * self.rate // self.sample_rate)
+        return self._ring.arrival_time((sample - self._base) * self.rate // self.sample_rate)
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
@@ -458,10 +473,11 @@ class StdinSource(Source):
             self._put(None)
 
     def _to_mono(self, pcm: np.ndarray) -> np.ndarray:
-        audio = pcm.astype(np.float32) * np.float32(self._scale)
+        """Cleaned and clipped before mixing: NaN would warn on stderr and huge floats overflow the mean."""
+        audio = _clipped(np.nan_to_num(pcm.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0) * np.float32(self._scale))
         if self.channels > 1:
             audio = audio.reshape(-1, self.channels).mean(axis=1)
-        return _clipped(np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0))
+        return audio
 
     def _put(self, chunk: np.ndarray | None) -> None:
         """Queue for `read`, waiting while the queue is full (the pipe then holds back its writer)."""

@@ -7,6 +7,12 @@
                      text sent by a client is a control message (streamer/controls.py), answered
                      {"ok": true} or {"error": "reason"}
 
+Clients can change the face, so the upgrade to /ws is guarded: with a token, only requests that
+carry it (`?token=` or `Authorization: Bearer`) get in (401 otherwise); and a browser's Origin must
+be the viewer's own or one the user allowed (403 otherwise), so no other web page can open the
+socket from a visitor's browser (cross-site WebSocket hijacking). Clients without an Origin
+(programs, not browsers) pass that check. The viewer page holds no secret and needs no token.
+
 The server runs on its own asyncio loop in a daemon thread. Each frame is encoded once, in the
 sink's thread, and handed to the loop; each client has a small queue that drops its oldest frame
 when the client does not keep up, so a stalled browser never slows the stream or other clients.
@@ -15,14 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hmac
 import http
 import json
 import logging
 import socket
 import threading
 from collections import deque
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -32,6 +41,7 @@ from websockets.server import ServerProtocol
 
 from ..training.blendshapes import NAMES
 from ..training.errors import UserError
+from .address import all_interfaces
 from .controls import MAX_JSON_BYTES, ControlBoard
 from .frames import OutFrame
 from .sink import Sink
@@ -44,6 +54,8 @@ WS_PATH = "/ws"
 PAGES = {"/": "index.html", "/index.html": "index.html"}
 MAX_MESSAGE_BYTES = 16 * MAX_JSON_BYTES  # larger messages close that client (1009); smaller ones get a reply
 START_TIMEOUT_S = 10.0
+STALL_S = 2.0  # a client whose queue stays full this long has stopped reading and is disconnected
+LOSSLESS_STALL_S = 10.0  # the same for a file streamed faster than real time: a busy client may lag
 FLUSH_TIMEOUT_S = 0.5  # how long clients get to receive the final frame before the server closes
 CLOSE_TIMEOUT_S = 0.5  # for the closing handshakes; connections still open then are cut off
 # Small network buffers per client (a few dozen frames): a slow client then loses old frames in its
@@ -65,17 +77,27 @@ class _Client:
         self.ready = asyncio.Event()  # frames are waiting
         self.idle = asyncio.Event()  # every queued frame has been written
         self.idle.set()
+        self.room = asyncio.Event()  # a frame was taken from a full queue
+        self.full_since: float | None = None  # loop time since when the queue has stayed full
 
 
 class WebSocketSink(Sink):
     """Streams frames to any number of WebSocket clients and takes their control messages."""
 
-    def __init__(self, host: str, port: int, board: ControlBoard | None = None, client_queue: int = 8):
+    def __init__(self, host: str, port: int, board: ControlBoard | None = None, client_queue: int = 8, *,
+                 token: str | None = None, allowed_origins: Sequence[str] = ()):
+        """`token`: the secret a client must send; `allowed_origins`: web pages (scheme://host[:port])
+        besides the viewer itself whose scripts may connect."""
         super().__init__(f"ws {host}:{port}")
         self.host = host
         self.port = port
         self.board = board
         self._option = f"--ws {host}:{port}"
+        if token is not None and not (token and token.isascii() and token.isprintable() and " " not in token):
+            raise UserError("--token must be printable ASCII without spaces, so that every client sends it "
+                            "alike: e.g. the output of `openssl rand -hex 16`")
+        self._token = token.encode() if token else None
+        self._origins = frozenset(_origin_key(origin) for origin in allowed_origins)
         self._client_queue = client_queue
         self._clients: set[_Client] = set()
         self._connections: set[ServerConnection] = set()  # every TCP connection, even mid-handshake
@@ -113,7 +135,22 @@ class WebSocketSink(Sink):
         except OSError as exc:
             self._stop_loop()
             raise UserError(self._bind_error(exc)) from None
-        log.info("%s: viewer at %s, frames at ws://%s%s", self.name, self.url, self._address(), WS_PATH)
+        query = "?token=TOKEN" if self._token else ""
+        log.info("%s: viewer at %s%s, frames at ws://%s%s%s", self.name, self.url, query, self._address(),
+                 WS_PATH, query)
+        self._warn_if_exposed()
+
+    def _warn_if_exposed(self) -> None:
+        """Say so when the stream can be reached from other machines, and what that allows."""
+        if not all_interfaces(self.host):
+            return
+        if self._token:
+            log.info("%s listens on every network interface: only clients with the token can watch and "
+                     "control the stream, but ws:// sends it unencrypted; use 127.0.0.1 on untrusted "
+                     "networks", self.name)
+        else:
+            log.warning("%s listens on every network interface: anyone on your network can watch and "
+                        "control the stream; use --token, or 127.0.0.1 for this machine only", self.name)
 
     async def _start(self) -> None:
         self._server = await serve(
@@ -140,32 +177,97 @@ class WebSocketSink(Sink):
             "emotion": frame.emotion,
             "final": frame.final,
         }, separators=(",", ":"))
-        self._loop.call_soon_threadsafe(self._broadcast, text)
+        if self.lossless:  # every client gets every frame, or is disconnected when it stalls
+            asyncio.run_coroutine_threadsafe(self._deliver_all(text), self._loop).result()
+        else:
+            self._loop.call_soon_threadsafe(self._broadcast, text)
 
     def _broadcast(self, text: str) -> None:
-        """On the loop: queue one encoded frame for every client, dropping each one's oldest if full."""
-        dropped = 0
-        for client in self._clients:
+        """On the loop: queue one encoded frame for every client, dropping each one's oldest if
+        full; a client whose queue stays full for STALL_S has stopped reading and is disconnected."""
+        dropped, now = 0, self._loop.time()
+        for client in list(self._clients):
             if len(client.pending) >= client.capacity:
                 client.pending.popleft()
                 dropped += 1
-            client.pending.append(text)
-            client.ready.set()
-            client.idle.clear()
+                client.full_since = client.full_since or now
+                if now - client.full_since > STALL_S:
+                    self._disconnect(client)
+                    continue
+            else:
+                client.full_since = None
+            self._queue_for(client, text)
         if dropped:
             with self._wake:  # the lock `submit` counts its own drops under
                 self.drops += dropped
 
+    async def _deliver_all(self, text: str) -> None:
+        """Lossless: wait until every client has room for `text` (LOSSLESS_STALL_S at most each)."""
+        for client in list(self._clients):
+            deadline = self._loop.time() + LOSSLESS_STALL_S
+            while len(client.pending) >= client.capacity and client in self._clients:
+                client.room.clear()
+                try:
+                    await asyncio.wait_for(client.room.wait(), deadline - self._loop.time())
+                except TimeoutError:
+                    self._disconnect(client)
+            if client in self._clients:
+                self._queue_for(client, text)
+
+    @staticmethod
+    def _queue_for(client: _Client, text: str) -> None:
+        client.pending.append(text)
+        client.ready.set()
+        client.idle.clear()
+
+    def _disconnect(self, client: _Client) -> None:
+        """Drop a client that stopped reading: it no longer holds frames or the stream back."""
+        self._clients.discard(client)
+        client.pending.clear()
+        client.idle.set()
+        log.warning("%s: client %s stopped reading for %.0f s: disconnected", self.name,
+                    _peer(client.connection), LOSSLESS_STALL_S if self.lossless else STALL_S)
+        client.connection.transport.abort()
+
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Let WebSocket upgrades on /ws through; answer plain GETs with the viewer or 404."""
-        path = request.path.split("?", 1)[0]
+        """Let allowed WebSocket upgrades on /ws through; answer plain GETs with the viewer or 404."""
+        path, _, query = request.path.partition("?")
         if path == WS_PATH:
-            return None
+            refusal = self._refusal(request.headers, query)
+            if refusal is None:
+                return None
+            log.info("%s: refused %s: %s", self.name, _peer(connection), refusal[1])
+            return _refuse(*refusal)
         if path in PAGES and "Upgrade" not in request.headers:
             return _response(http.HTTPStatus.OK, "text/html; charset=utf-8", self._files[PAGES[path]],
                              {"Cache-Control": "no-cache", "Content-Security-Policy": VIEWER_CSP})
         return _response(http.HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8",
                          f"not found; the viewer is at / and frames are at {WS_PATH}\n".encode())
+
+    def _refusal(self, headers: Headers, query: str) -> tuple[http.HTTPStatus, str] | None:
+        """Why this upgrade to /ws is refused (status, reason), or None to let it in."""
+        hosts = headers.get_all("Host")
+        if not all(self._origin_allowed(origin, hosts) for origin in headers.get_all("Origin")):
+            return http.HTTPStatus.FORBIDDEN, "origin not allowed; start emotalk-stream with --allow-origin ORIGIN"
+        if self._token is None:
+            return None
+        # Header values and this query are decoded as latin-1 here: encoding back gives the bytes sent.
+        given = parse_qs(query, encoding="latin-1").get("token", [])
+        given += [credentials.strip() for scheme, _, credentials in
+                  (value.partition(" ") for value in headers.get_all("Authorization")) if scheme.lower() == "bearer"]
+        if not given:
+            return http.HTTPStatus.UNAUTHORIZED, "token required: add ?token=TOKEN or send Authorization: Bearer TOKEN"
+        if not any(hmac.compare_digest(token.encode("latin-1"), self._token) for token in given):
+            return http.HTTPStatus.UNAUTHORIZED, "wrong token"
+        return None
+
+    def _origin_allowed(self, origin: str, hosts: list[str]) -> bool:
+        """The viewer's own origin (the host this request was sent to), or one the user allowed."""
+        try:
+            same_host = len(hosts) == 1 and urlsplit(origin).netloc.lower() == hosts[0].lower()
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            return False
+        return same_host or origin.lower() in self._origins
 
     async def _serve_client(self, connection: ServerConnection) -> None:
         peer = _peer(connection)
@@ -195,6 +297,7 @@ class WebSocketSink(Sink):
                     await client.ready.wait()
                     continue
                 await client.connection.send(client.pending.popleft())
+                client.room.set()
         except ConnectionClosed:
             client.pending.clear()
             client.idle.set()
@@ -258,6 +361,25 @@ def _response(status: http.HTTPStatus, content_type: str, body: bytes,
     headers = Headers({"Content-Type": content_type, "Content-Length": str(len(body)),
                        "X-Content-Type-Options": "nosniff", "Connection": "close", **(extra or {})})
     return Response(status.value, status.phrase, headers, body)
+
+
+def _refuse(status: http.HTTPStatus, reason: str) -> Response:
+    extra = {"WWW-Authenticate": "Bearer"} if status == http.HTTPStatus.UNAUTHORIZED else None
+    return _response(status, "text/plain; charset=utf-8", f"{reason}\n".encode(), extra)
+
+
+def _origin_key(origin: str) -> str:
+    """`origin` as browsers send it (scheme://host[:port], lower case), or a UserError."""
+    try:
+        parts = urlsplit(origin.strip())
+        valid = parts.scheme in ("http", "https") and bool(parts.netloc) and parts.path in ("", "/") and not (
+            parts.query or parts.fragment)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        valid = False
+    if not valid:
+        raise UserError(f"--allow-origin {origin!r} is not an origin: give scheme://host[:port] as the "
+                        f"browser's address bar shows it, e.g. http://localhost:3000")
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _peer(connection: ServerConnection) -> str:

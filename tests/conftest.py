@@ -1,11 +1,19 @@
-"""Fixtures shared by the streamer's tests: one engine of the bundled model for the whole session."""
+"""Fixtures shared by the streamer's tests: one engine of the bundled model for the session, a
+time limit, a headless Chromium tab."""
 from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from chromium import CHROMIUM, Tab, open_tab
 from emotalk_stream.engine import Controls, Engine
 from emotalk_stream.streamer.controls import ControlBoard
 from emotalk_stream.streamer.face import FaceSettings
+
+TEST_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +25,25 @@ def engine() -> Engine:
 @pytest.fixture
 def board(engine: Engine) -> ControlBoard:
     return ControlBoard(engine, Controls(), FaceSettings())
+
+
+@pytest.fixture
+def time_limit() -> Iterator[None]:
+    """Fail a hanging test instead of hanging the run (pytest-timeout is not installed)."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"test ran longer than {TEST_TIMEOUT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def tab(tmp_path: Path) -> Iterator[Tab]:
+    """A headless Chromium tab; the test is skipped, with the reason, where Chromium is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"the viewer tests drive headless Chromium, and {CHROMIUM} is not installed")
+    with open_tab(tmp_path) as opened:
+        yield opened

@@ -263,20 +263,34 @@ except UserError as exc:
 """
 
 UNPLUG = """
-import sys
-from emotalk_stream.streamer.sources import MicSource
+import time
+from emotalk_stream.streamer.sources import DeviceLost, MicSource
 from emotalk_stream.training.errors import UserError
-with MicSource("default") as mic:
+
+
+def record(mic, seconds):
     got = 0
-    while got < 16000:  # 1 s of audio: the stream really runs
+    while got < seconds * 16000:  # the stream really runs
         chunk = mic.read(1.0)
         got += 0 if chunk is None else len(chunk)
+
+
+with MicSource("default") as mic:
+    record(mic, 1)
     print("recording", flush=True)
     try:
         while True:
             mic.read(0.5)
-    except UserError as exc:
+    except DeviceLost as exc:
         print("ERROR", exc, flush=True)
+    while True:  # until it is plugged back in, the same device opens again and delivers
+        try:
+            mic.start()
+            record(mic, 0.5)
+            break
+        except UserError:
+            time.sleep(0.2)
+    print("resumed", flush=True)
 """
 
 
@@ -336,14 +350,16 @@ def test_device_list_and_an_unknown_name(vmic: VirtualMicrophone) -> None:
     assert "'default'" in error and "--list-devices" in error and error.count("\n") == 1
 
 
-def test_an_unplugged_microphone_stops_the_source_with_a_clear_error(vmic: VirtualMicrophone) -> None:
+def test_an_unplugged_microphone_is_reported_and_opens_again(vmic: VirtualMicrophone) -> None:
     recorder = python(UNPLUG, vmic)
     assert recorder.stdout is not None
     try:
         assert recorder.stdout.readline().strip() == "recording"
         vmic.unload_source()
-        stdout, _ = recorder.communicate(timeout=30)
-    finally:
+        lost = recorder.stdout.readline()
         vmic.load_source()
-    assert stdout.startswith("ERROR microphone 'default' (device ")
-    assert " stopped: " in stdout and "--list-devices" in stdout
+        stdout, stderr = recorder.communicate(timeout=30)
+    finally:
+        recorder.kill()
+    assert lost.startswith("ERROR microphone 'default' (device ") and " stopped: " in lost
+    assert stdout.strip() == "resumed", stderr

@@ -25,6 +25,7 @@ from emotalk_stream.training.blendshapes import INDEX, LIVELINK_UDP_ORDER, NAMES
 from livelink_decoder import decode
 from virtual_mic import virtual_microphone
 from waiting import free_port, wait_for
+from ws_peers import stalled_client
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "training" / "assets" / "sample.wav"
@@ -301,3 +302,85 @@ def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path: Path, case: str, arg
     assert len(lines) == 1 and lines[0].startswith("emotalk-stream: error: "), (case, lines)
     assert re.search(message, lines[0]), (case, lines)
     assert "Traceback" not in done.stderr.decode()
+
+
+def test_a_lost_microphone_rests_the_face_and_streams_again_when_it_returns(receiver: ArkitReceiver) -> None:
+    with virtual_microphone() as mic:
+        process = start("--mic", "default", "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit",
+                        "--no-blink", env=mic.env)
+        try:
+            wait_for(lambda: len(receiver.frames) >= 15, timeout=30, what="frames of room silence")
+            mic.unload_source()
+            wait_for(lambda: any(not w.any() for _, _, w in receiver.frames), timeout=10, what="a neutral face")
+            resting = len(receiver.frames)
+            mic.load_source()
+            mic.play(SAMPLE).wait(timeout=30)
+            wait_for(lambda: max((w[INDEX["jawOpen"]] for _, _, w in receiver.frames[resting:]), default=0) > 0.3,
+                     timeout=15, what="the voice after the microphone returned")
+            process.send_signal(signal.SIGINT)
+            err = finish(process, timeout=10)
+        finally:
+            process.kill()
+    assert process.returncode == 0, err
+    assert re.search(r"warning: microphone .* stopped: .*neutral face until it is back", err), err
+    assert "the microphone is back" in err
+
+
+def test_exit_on_device_loss_stops_cleanly_with_one_line(receiver: ArkitReceiver) -> None:
+    with virtual_microphone() as mic:
+        process = start("--mic", "default", "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit",
+                        "--exit-on-device-loss", "--quiet", env=mic.env)
+        try:
+            wait_for(lambda: len(receiver.frames) >= 15, timeout=30, what="frames of room silence")
+            mic.unload_source()
+            err = finish(process, timeout=15)
+        finally:
+            process.kill()
+    assert process.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"emotalk-stream: error: microphone .* stopped: .*--exit-on-device-loss", lines[0])
+    wait_for(lambda: not receiver.frames[-1][2].any(), what="the neutral frame")
+
+
+def test_a_receiver_that_is_down_is_reported_once_and_the_others_get_every_frame(receiver: ArkitReceiver) -> None:
+    down = free_port()  # nothing listens: Linux answers every other datagram with port unreachable
+    done = run("--wav", str(SAMPLE), "--no-pace", "--osc", f"127.0.0.1:{down}", "--livelink", f"127.0.0.1:{down}",
+               "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "vmc", "--osc-format", "arkit")
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    count = expected_frames(SAMPLE, 30)
+    wait_for(lambda: len(receiver.frames) >= count + 1, what="every frame at the healthy receiver")
+    check_frames(receiver.frames, count, 30)
+    for name in (f"osc 127.0.0.1:{down}", f"livelink 127.0.0.1:{down}"):
+        assert err.count(f"warning: {name}: send failed") == 1, err
+
+
+def test_a_second_ctrl_c_exits_at_once_and_every_port_is_free_after_a_stop(receiver: ArkitReceiver) -> None:
+    ws, control = free_port(socket.SOCK_STREAM), free_port()
+    process = start("--wav", str(SAMPLE), "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit",
+                    "--ws", str(ws), "--control", str(control))
+    try:
+        wait_for(lambda: len(receiver.frames) >= 15, timeout=30, what="frames")
+        process.send_signal(signal.SIGINT)
+        err = finish(process, timeout=5)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", ws))  # the ports were released
+        udp.bind(("127.0.0.1", control))
+    ws = free_port(socket.SOCK_STREAM)
+    process = start("--wav", str(SAMPLE), "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit",
+                    "--ws", str(ws))
+    try:
+        wait_for(lambda: len(receiver.frames) >= 45, timeout=30, what="frames of the second run")
+        with stalled_client(ws):  # a client that never reads: a clean stop waits for it a while
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.1)
+            process.send_signal(signal.SIGINT)  # impatient: the second one does not wait
+            signalled = time.monotonic()
+            process.wait(timeout=5)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and time.monotonic() - signalled < 1.0

@@ -1,20 +1,12 @@
 """WebSocketSink against real peers: websockets clients, raw HTTP requests and headless Chromium."""
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import os
-import queue
 import re
 import shutil
-import signal
 import socket
-import struct
-import subprocess
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,30 +15,19 @@ import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from emotalk_stream.streamer import websocket_sink
 from emotalk_stream.streamer.controls import ControlBoard
 from emotalk_stream.streamer.frames import OutFrame, neutral_frame
 from emotalk_stream.streamer.websocket_sink import WebSocketSink
-from emotalk_stream.training.blendshapes import COUNT, INDEX, NAMES
+from emotalk_stream.training.blendshapes import COUNT, NAMES
 from emotalk_stream.training.errors import UserError
+from chromium import Tab, decode_png
 from waiting import wait_for
+from ws_peers import get, pose, stalled_client
 
 VIEWER = Path(__file__).resolve().parents[1] / "streamer" / "viewer" / "index.html"
-CHROMIUM = Path("/usr/bin/chromium")
-TEST_TIMEOUT_S = 60
+pytestmark = pytest.mark.usefixtures("time_limit")
 HUMAN_SCREENSHOT = Path("/tmp/emotalk-viewer.png")
-
-
-@pytest.fixture(autouse=True)
-def time_limit() -> Iterator[None]:
-    """Fail a hanging test instead of hanging the run (pytest-timeout is not installed)."""
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"test ran longer than {TEST_TIMEOUT_S} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
@@ -59,13 +40,6 @@ def sink() -> Iterator[WebSocketSink]:
 
 
 
-
-
-def pose(**weights: float) -> np.ndarray:
-    out = np.zeros(COUNT, dtype=np.float32)
-    for name, value in weights.items():
-        out[INDEX[name]] = value
-    return out
 
 
 def client(ws: WebSocketSink, **options: object) -> ClientConnection:
@@ -125,6 +99,60 @@ def test_a_stalled_client_loses_old_frames_without_slowing_the_others(sink: WebS
         assert time.monotonic() - started < 3.0
         assert json.loads(healthy.recv(timeout=5))["final"] is True
     assert sink.clients == 0
+
+
+def reader(ws: ClientConnection, got: list[tuple[float, dict]]) -> threading.Thread:
+    """Receive in the background, keeping (arrival time, message) until the connection closes."""
+    def run() -> None:
+        try:
+            for text in ws:
+                got.append((time.monotonic(), json.loads(text)))
+        except ConnectionClosed:
+            pass
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_client_that_stops_reading_is_disconnected_and_the_others_keep_the_rate(
+        sink: WebSocketSink, caplog: pytest.LogCaptureFixture) -> None:
+    fps, seconds = 30, 6
+    got: list[tuple[float, dict]] = []
+    with stalled_client(sink.port), client(sink) as healthy:
+        connected(sink, 2)
+        reader(healthy, got)
+        started = time.monotonic()
+        stalled_seen = []
+        for i in range(fps * seconds):  # a live stream: one frame every 1/30 s
+            time.sleep(max(0.0, started + i / fps - time.monotonic()))
+            sink.submit(OutFrame(i, i / fps, fps, pose(jawOpen=0.5)))
+            stalled_seen.append(sink.clients == 2)
+        wait_for(lambda: len(got) == fps * seconds, "every frame at the healthy client")
+    assert sink.clients == 0 or not stalled_seen[-1]
+    assert "stopped reading" in caplog.text
+    while_stalled = [t for (t, m), both in zip(got, stalled_seen) if both]
+    assert len(while_stalled) > fps  # the stalled client stayed connected for more than a second
+    rate = (len(while_stalled) - 1) / (while_stalled[-1] - while_stalled[0])
+    assert abs(rate - fps) < 0.05 * fps, f"{rate:.1f} fps to the healthy client while the other stalled"
+    assert [m["frame"] for _, m in got] == list(range(fps * seconds))
+
+
+def test_lossless_every_reading_client_gets_every_frame_and_a_stalled_one_is_dropped(
+        sink: WebSocketSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(websocket_sink, "LOSSLESS_STALL_S", 1.0)  # the test's patience, not 10 s
+    sink.lossless = True  # a file streamed faster than real time
+    frames = 600
+    got: list[tuple[float, dict]] = []
+    with stalled_client(sink.port), client(sink) as healthy:
+        connected(sink, 2)
+        reader(healthy, got)
+        started = time.monotonic()
+        for i in range(frames):
+            sink.submit(OutFrame(i, i / 30, 30, pose(jawOpen=0.5)))
+        wait_for(lambda: len(got) == frames, "every frame at the healthy client", timeout=10)
+        assert sink.clients == 1
+    assert [m["frame"] for _, m in got] == list(range(frames))
+    assert time.monotonic() - started < 8
 
 
 # ---- controls ----
@@ -194,20 +222,9 @@ def test_a_giant_message_closes_only_its_own_client(sink: WebSocketSink) -> None
 
 # ---- HTTP ----
 
-def get(ws: WebSocketSink, path: str) -> tuple[int, str, bytes]:
-    """GET `path` exactly as written: http.client does not normalise it."""
-    connection = http.client.HTTPConnection("127.0.0.1", ws.port, timeout=5)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.getheader("Content-Type", ""), response.read()
-    finally:
-        connection.close()
-
-
 def test_the_viewer_page_is_served_self_contained(sink: WebSocketSink) -> None:
     for path in ("/", "/index.html", "/?autoplay=1"):
-        status, content_type, body = get(sink, path)
+        status, content_type, body = get(sink.port, path)
         assert (status, content_type) == (200, "text/html; charset=utf-8")
         assert body == VIEWER.read_bytes()
     page = body.decode()
@@ -223,7 +240,7 @@ def test_the_viewer_page_is_served_self_contained(sink: WebSocketSink) -> None:
     "/..\\pyproject.toml",
 ])
 def test_any_other_path_is_not_found(sink: WebSocketSink, path: str) -> None:
-    status, _, body = get(sink, path)
+    status, _, body = get(sink.port, path)
     assert status == 404
     assert b"[project]" not in body and b"root:" not in body and b"<html" not in body
 
@@ -263,7 +280,7 @@ def test_a_port_in_use_is_a_user_error_and_a_closed_sink_frees_its_port() -> Non
     again.open()
     try:
         assert again.port == port and again.url == f"http://127.0.0.1:{port}/"
-        assert get(again, "/")[0] == 200
+        assert get(again.port, "/")[0] == 200
     finally:
         again.close()
 
@@ -274,81 +291,6 @@ def test_an_address_of_another_machine_is_a_user_error() -> None:
 
 
 # ---- headless Chromium ----
-
-class Tab:
-    """One Chromium tab driven over the Chrome DevTools Protocol (a flattened session)."""
-
-    def __init__(self, browser: ClientConnection):
-        self._browser = browser
-        self._id = 0
-        self._session = None
-        self.exceptions: list[str] = []  # uncaught JavaScript errors in the page
-        page = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self._session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
-        self.call("Emulation.setDeviceMetricsOverride", width=1280, height=800, deviceScaleFactor=1, mobile=False)
-        self.call("Runtime.enable")
-
-    def call(self, method: str, **params: object) -> dict:
-        self._id += 1
-        request = {"id": self._id, "method": method, "params": params}
-        if self._session:
-            request["sessionId"] = self._session
-        self._browser.send(json.dumps(request))
-        while True:
-            reply = json.loads(self._browser.recv(timeout=20))
-            if reply.get("method") == "Runtime.exceptionThrown":
-                self.exceptions.append(reply["params"]["exceptionDetails"]["text"])
-            if reply.get("id") == self._id:
-                assert "error" not in reply, f"{method}: {reply['error']}"
-                return reply["result"]
-
-    def evaluate(self, expression: str) -> object:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        assert "exceptionDetails" not in result, result["exceptionDetails"]
-        return result["result"].get("value")
-
-    def wait_until(self, expression: str, timeout: float = 15.0) -> None:
-        wait_for(lambda: self.evaluate(expression), f"the page to show `{expression}`", timeout)
-
-    def screenshot(self, fast: bool = True, **clip: float) -> bytes:
-        """PNG of the viewport, or of `clip` (x, y, width, height); `fast` uses Chromium's quick encoder."""
-        options = {"clip": {**clip, "scale": 1}} if clip else {}
-        return base64.b64decode(self.call("Page.captureScreenshot", format="png", optimizeForSpeed=fast,
-                                          **options)["data"])
-
-
-def devtools_address(process: subprocess.Popen, timeout: float = 30.0) -> str:
-    """Chromium prints its DevTools address on stderr; keep draining stderr so it never blocks."""
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
-    deadline, seen = time.monotonic() + timeout, []
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError("Chromium did not print its DevTools address:\n" + "".join(seen[-10:])) from None
-        if found := re.search(r"DevTools listening on (ws://\S+)", line):
-            return found.group(1)
-        seen.append(line)
-
-
-@pytest.fixture
-def tab(tmp_path: Path) -> Iterator[Tab]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"the viewer test drives headless Chromium, and {CHROMIUM} is not installed")
-    process = subprocess.Popen(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0", "--hide-scrollbars",
-         "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        with connect(devtools_address(process), max_size=None, open_timeout=10) as browser:
-            yield Tab(browser)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the browser and its renderers, started in their own group
-        process.wait(timeout=10)
-
 
 class PoseStream:
     """Frames of the current pose at 60 fps from a thread, as the live streamer sends them."""
@@ -381,50 +323,6 @@ class PoseStream:
                 frame = OutFrame(self._index, self._index / 60, 60, self._pose, emotion="happy")
                 self._index += 1
             self._sink.submit(frame)
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """(height, width, channels) uint8 pixels of an 8-bit RGB(A) PNG, all five row filters."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks, header = 8, [], b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        header = body if kind == b"IHDR" else header
-        if kind == b"IDAT":
-            chunks.append(body)
-        pos += 12 + length
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    assert depth == 8 and colour in (2, 6) and interlace == 0, "only what Chromium writes"
-    bpp = 3 if colour == 2 else 4
-    rows = np.frombuffer(zlib.decompress(b"".join(chunks)), np.uint8).reshape(height, 1 + width * bpp)
-    pixels = np.zeros((height, width * bpp), np.uint8)
-    above = np.zeros(width * bpp, np.uint8)
-    for y in range(height):
-        kind, line = rows[y, 0], rows[y, 1:]
-        if kind == 0:
-            row = line.copy()
-        elif kind == 1:  # Sub: a running sum per channel, wrapping at 256
-            row = np.cumsum(line.reshape(width, bpp), axis=0, dtype=np.uint8).reshape(-1)
-        elif kind == 2:  # Up
-            row = line + above
-        else:
-            row = _unfilter_average_or_paeth(kind, line, above, bpp)
-        pixels[y] = above = row
-    return pixels.reshape(height, width, bpp)
-
-
-def _unfilter_average_or_paeth(kind: int, line: np.ndarray, above: np.ndarray, bpp: int) -> np.ndarray:
-    row, up = bytearray(line.tobytes()), above.tobytes()
-    for i in range(len(row)):
-        a, b, c = (row[i - bpp], up[i], up[i - bpp]) if i >= bpp else (0, up[i], 0)
-        if kind == 3:
-            predicted = (a + b) // 2
-        else:
-            p = a + b - c
-            predicted = min((abs(p - a), 0, a), (abs(p - b), 1, b), (abs(p - c), 2, c))[2]
-        row[i] = (row[i] + predicted) & 0xFF
-    return np.frombuffer(bytes(row), np.uint8)
 
 
 def test_the_viewer_draws_the_streamed_face_in_chromium(tab: Tab, board: ControlBoard, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ Live Link Face loader) reads it here, so that one place turns a bad file into on
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import struct
 import sys
@@ -15,11 +17,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from torchaudio.functional import resample
+from torchaudio.transforms import Resample
 
 from .errors import UserError
 
 SAMPLE_RATE = 16000
+MIN_RATE, MAX_RATE = 8000, 192000  # the input rates every source takes (files, pipes, microphones)
+# torchaudio's exact resampler builds a (target/gcd) x (rate/gcd) kernel: every rate in use reduces
+# to under 300 000 entries (11025 Hz: 640 x 441), a rate that does not reduce (22051 Hz) needs GBs.
+MAX_RESAMPLE_KERNEL = 1_000_000
+READ_BLOCK_FRAMES = 1 << 20
 # WAV writers that stream (ffmpeg to a pipe, crashed recorders) leave these as the data size.
 _UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
 
@@ -71,6 +78,32 @@ def _c_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def _check_rate(path: Path, rate: int, target: int) -> None:
+    """Refuse a rate no recorder writes (a corrupt header's) before it costs gigabytes to resample."""
+    common = math.gcd(rate, target)
+    if MIN_RATE <= rate <= MAX_RATE and (rate // common) * (target // common) <= MAX_RESAMPLE_KERNEL:
+        return
+    raise UserError(f"audio file {path} has a sample rate of {rate} Hz, not a standard one from {MIN_RATE} to "
+                    f"{MAX_RATE} Hz (such as 16000, 44100 or 48000): convert it, e.g. "
+                    f"ffmpeg -i {path} -ar {target} converted.wav")
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(rate: int, target: int) -> Resample:
+    """torchaudio's resampler with its kernel built once per rate pair (30-110 ms a build for 11.025,
+    22.05 or 44.1 kHz); in float32, bit-identical to torchaudio.functional.resample."""
+    return Resample(rate, target, dtype=torch.float32)
+
+
+def _read_blocks(handle: sf.SoundFile) -> np.ndarray:
+    """Every frame as (N, channels) float32, a block at a time until the data ends: a whole read
+    allocates the header's frame count up front, 50 GB for a corrupt FLAC header."""
+    blocks = []
+    while len(block := handle.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+        blocks.append(block)
+    return np.concatenate(blocks) if blocks else np.zeros((0, handle.channels), np.float32)
+
+
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Any file soundfile reads, any rate and channel count -> (N,) float32 mono in [-1, 1]."""
     path = Path(path)
@@ -89,7 +122,8 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             handle = sf.SoundFile(str(path))
         with handle:
             rate = handle.samplerate
-            data = handle.read(dtype="float32", always_2d=True)
+            _check_rate(path, rate, sample_rate)
+            data = _read_blocks(handle)
     except (sf.SoundFileError, RuntimeError) as exc:
         detail = str(getattr(exc, "error_string", exc)).rstrip(".")
         if "does not exist" in detail:  # libsndfile's words for bytes no decoder recognises
@@ -98,11 +132,15 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
                         f"in a format soundfile reads (WAV, FLAC, OGG, MP3); convert it to WAV") from exc
     if data.shape[0] == 0:
         raise UserError(f"audio file {path} has no samples: record or export it again")
-    mono = data.mean(axis=1)
+    # Cleaned before mixing and resampling: inf - inf or huge floats would warn on stderr, and a NaN
+    # would spread over the resampling filter's width.
+    mono = np.clip(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0).mean(axis=1)
     if rate != sample_rate:
-        mono = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, sample_rate).numpy()
-    mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+        mono = _resampler(rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+        # torchaudio rounds the length up; half up is the streaming resampler's, so a file and the
+        # same audio on a pipe give the same samples and frames.
+        mono = mono[:(2 * len(data) * sample_rate + rate) // (2 * rate)]
+    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)  # the resampler may overshoot a little
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

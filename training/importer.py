@@ -75,11 +75,14 @@ def generic_labels(n: int) -> tuple[str, ...]:
 
 
 def _unpickle_reason(exc: pickle.UnpicklingError) -> str:
-    """The one useful line of torch's long weights_only message, e.g. the global it refused."""
-    for line in str(exc).splitlines():
+    """The one useful line of torch's long weights_only message, e.g. the global it refused; never
+    its advice to load the file unrestricted, which is how a malicious file runs code."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
         if "WeightsUnpickler error:" in line:
             return line.split("WeightsUnpickler error:", 1)[1].split(" Please use")[0].strip().rstrip(".")
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    told = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
+    return (told or [type(exc).__name__])[0].rstrip(".")
 
 
 def torch_load_tensors(path: Path) -> Any:
