@@ -146,6 +146,15 @@ def test_malicious_pickle_is_refused(tmp_path: Path, reference: EmoTalk, capsys)
     assert not (tmp_path / "ours").exists()
 
 
+@pytest.mark.parametrize("content", [b"", b"hello, this is no checkpoint\n", b"\x80\x02}q"],
+                         ids=["empty", "text", "cut short"])
+def test_a_file_that_is_no_checkpoint_is_one_clear_line(tmp_path: Path, capsys, content: bytes) -> None:
+    (tmp_path / "EmoTalk.pth").write_bytes(content)
+    assert convert(["--official", tmp_path / "EmoTalk.pth", "--out", tmp_path / "ours"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "is not a PyTorch checkpoint" in errors[0] and "EmoTalk.pth" in errors[0], errors
+
+
 def test_wrong_shape_is_one_clear_line(tmp_path: Path, reference: EmoTalk, capsys) -> None:
     state = official_state(reference)
     state["audio_feature_map_cont.weight"] = torch.zeros(16, 40)

@@ -97,7 +97,10 @@ def torch_load_tensors(path: Path) -> Any:
                         f"load it only if you trust it, and save its state_dict alone") from exc
     except FileNotFoundError as exc:
         raise UserError(f"{path} not found") from exc
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (EOFError, KeyError, ValueError, IndexError) as exc:  # no pickle at all, or one cut short
+        raise UserError(f"{path} is not a PyTorch checkpoint (empty, cut short or another format): "
+                        f"give the official EmoTalk.pth") from exc
+    except (OSError, RuntimeError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from exc
 
 
