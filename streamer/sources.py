@@ -263,8 +263,9 @@ class MicSource(Source):
     def start(self) -> None:
         """Open the device; after `DeviceLost`, open it again (found by the same name or index)."""
         self.close()
-        if self._ring is not None:
+        if self._ring is not None:  # counted once, however many tries the reopening takes
             self._lost_overruns += self._ring.overruns
+            self._ring = None
         self._base = self._handed_out
         sd = _sounddevice()
         index, info = find_input_device(self.device)
