@@ -173,13 +173,17 @@ def soak(seconds: float, fps: int, warmup: float, engine: str | None) -> dict[st
                     break
                 if not client.final:  # streaming, not shutting down (which frees and allocates)
                     samples.append((len(client.frames) / fps, rss, fds))
-                if time.monotonic() > next_churn:
+                if time.monotonic() > next_churn and not client.final:
                     next_churn += CHURN_EVERY_S
                     try:
                         with connect(url, open_timeout=5):
                             churned += 1
                     except OSError:
-                        if process.poll() is None:  # refused while streaming: a real failure
+                        # The server closes once the stream ends; refused while streaming is a failure.
+                        ending = time.monotonic() + 2.0
+                        while not client.final and process.poll() is None and time.monotonic() < ending:
+                            time.sleep(0.05)
+                        if not client.final and process.poll() is None:
                             raise
             stderr = process.communicate(timeout=60)[1]
         finally:
