@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import Frame
+from ..training.audio import rescale_count
 
 
 class FrameClock:
@@ -22,7 +23,7 @@ class FrameClock:
 
     def frame_limit(self, samples: int) -> int:
         """round(samples / rate x fps), half up, in exact integers."""
-        return (2 * samples * self.fps + self.sample_rate) // (2 * self.sample_rate)
+        return rescale_count(samples, self.fps, self.sample_rate)
 
     def push(self, frame: Frame) -> None:
         self._frames[frame.index] = frame.weights

@@ -21,7 +21,7 @@ from math import gcd
 
 import numpy as np
 
-from ..training.audio import MAX_RATE, MIN_RATE
+from ..training.audio import MAX_RATE, MIN_RATE, rescale_count
 
 LOOKAHEAD = 16  # samples at the lower of the two rates, on each side of an output sample
 ROLLOFF = 0.86  # cutoff as a fraction of the lower Nyquist frequency
@@ -89,7 +89,7 @@ class StreamingResampler:
         return out
 
     def _total(self) -> int:
-        return (2 * self._received * self._up + self._down) // (2 * self._down)
+        return rescale_count(self._received, self._up, self._down)
 
     def _emit(self, end: int) -> np.ndarray:
         """Compute outputs _produced..end-1 from the pending input, then drop input no longer needed."""

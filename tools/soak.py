@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 from pythonosc.osc_message import OscMessage
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from ..training.audio import SAMPLE_RATE, read_audio, write_wav
+from ..training.audio import SAMPLE_RATE, read_audio, rescale_count, write_wav
 from ..training.errors import UserError, add_debug_flag, run_cli
 from .bench import SPEECH
 
@@ -112,7 +113,7 @@ class WsClient:
                         self.final = True
                     else:
                         self.frames.append((message["frame"], message["time"]))
-        except Exception:  # noqa: BLE001 - the server closing ends the reading
+        except ConnectionClosed:  # the server closing ends the reading
             pass
 
     def close(self) -> None:
@@ -144,7 +145,7 @@ def check(frames: list[tuple[int, float]], expected: int, fps: int,
 def soak(seconds: float, fps: int, warmup: float, engine: str | None) -> dict[str, Any]:
     speech = read_audio(SPEECH)
     audio = np.take(speech, np.arange(int(seconds * SAMPLE_RATE)), mode="wrap")
-    expected = (2 * len(audio) * fps + SAMPLE_RATE) // (2 * SAMPLE_RATE)
+    expected = rescale_count(len(audio), fps, SAMPLE_RATE)
     vmc, arkit, livelink = UdpCounter(), UdpCounter(parse_arkit), UdpCounter(parse_livelink)
     with tempfile.TemporaryDirectory(prefix="emotalk-soak-") as tmp:
         wav, record = Path(tmp) / "speech.wav", Path(tmp) / "take.npy"

@@ -78,6 +78,13 @@ def _c_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def rescale_count(count: int, to_rate: int, from_rate: int) -> int:
+    """`count` samples at `from_rate` -> round(count x to_rate / from_rate), half up, in exact
+    integers: the one rounding of sample and frame counts between rates, so that a file, a pipe and
+    the frame clock agree to the sample."""
+    return (2 * count * to_rate + from_rate) // (2 * from_rate)
+
+
 def _check_rate(path: Path, rate: int, target: int) -> None:
     """Refuse a rate no recorder writes (a corrupt header's) before it costs gigabytes to resample."""
     common = math.gcd(rate, target)
@@ -139,7 +146,7 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         mono = _resampler(rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
         # torchaudio rounds the length up; half up is the streaming resampler's, so a file and the
         # same audio on a pipe give the same samples and frames.
-        mono = mono[:(2 * len(data) * sample_rate + rate) // (2 * rate)]
+        mono = mono[:rescale_count(len(data), sample_rate, rate)]
     return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)  # the resampler may overshoot a little
 
 
