@@ -9,45 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..training.errors import UserError
-from .small_step import TensorSpec
+from .interface import StepInterface, TensorSpec, state_input, state_output
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-
-@dataclass(frozen=True)
-class StepInterface:
-    """The named tensors of a streaming step; shapes exclude the batch axis."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    states: tuple[TensorSpec, ...]
-
-    def as_dict(self) -> dict:
-        return {key: [spec.as_dict() for spec in getattr(self, key)] for key in ("inputs", "outputs", "states")}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "StepInterface":
-        def specs(key: str) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(d["name"], tuple(d["shape"]), d["dtype"]) for d in data[key])
-        return cls(specs("inputs"), specs("outputs"), specs("states"))
-
-
-def state_input(name: str) -> str:
-    """Graph input name of a state tensor (ONNX, TensorRT)."""
-    return f"state_{name}"
-
-
-def state_output(name: str) -> str:
-    """Graph output name of a state tensor after the step."""
-    return f"next_{name}"
 
 
 def contiguous(slots: np.ndarray) -> slice | None:
@@ -110,37 +80,6 @@ class IndexedPoolBackend(Backend):
             pool[slot] = 0
 
 
-class TorchBackend(IndexedPoolBackend):
-    """The step as a PyTorch module, on CPU or CUDA: the reference the others are compared with."""
-
-    name = "torch"
-
-    def __init__(self, step: torch.nn.Module, interface: StepInterface, device: str = "cpu"):
-        super().__init__(interface)
-        try:
-            self.device = torch.device(device)
-            self.step = step.to(self.device).eval()
-        except (RuntimeError, AssertionError) as exc:
-            raise UserError(f"torch device {device!r} is not available here ({exc}): use --device cpu") from exc
-
-    def _zeros(self, spec: TensorSpec, rows: int) -> torch.Tensor:
-        return torch.zeros((rows, *spec.shape), dtype=getattr(torch, spec.dtype), device=self.device)
-
-    @torch.inference_mode()
-    def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        span = contiguous(slots)
-        index = None if span else torch.as_tensor(slots, device=self.device)
-        states = {name: pool[span] if span else pool.index_select(0, index) for name, pool in self.pools.items()}
-        args = [torch.as_tensor(inputs[spec.name]).to(self.device) for spec in self.interface.inputs]
-        outputs, new = self.step(*args, states)
-        for name, pool in self.pools.items():
-            if span:
-                pool[span] = new[name]
-            else:
-                pool.index_copy_(0, index, new[name])
-        return {name: value.cpu().numpy() for name, value in outputs.items()}
-
-
 class OnnxRuntimeBackend(IndexedPoolBackend):
     """The exported ONNX step on ONNX Runtime's CPU provider."""
 
@@ -156,7 +95,7 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         # One thread by default: a step is ~1 ms of small kernels, and a second spinning worker on a
-        # 2-core machine cost more than it gave (p95 5.0 ms and 8 streams vs 0.85 ms and 32, README).
+        # 2-core machine cost more than it gave (p95 5.0 ms and 8 streams vs 0.68 ms and 32; docs/results.md).
         options.intra_op_num_threads = threads or 1
         options.inter_op_num_threads = 1
         try:

@@ -1,6 +1,6 @@
 """The streaming API: one `Engine` serves many `Stream`s, one per speaker, decoded in batches.
 
-    engine = Engine.load("default", backend="onnxruntime")          # or an exported artifact folder
+    engine = Engine.from_artifact("default")                        # the bundled model on ONNX Runtime
     stream = engine.create_stream(Controls(emotion="happy:0.5"))
     stream.accept_waveform(16000, samples)                          # any amount, any time
     while engine.is_ready(stream):
@@ -14,26 +14,29 @@ inference at the same look-ahead, whatever the hop or the batch (tests/test_engi
 """
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..training.blendshapes import COUNT, REGIONS
-from ..training.checkpoint import load_model, model_hash, resolve_checkpoint
 from ..training.config import ModelConfig
-from ..training.errors import UserError
-from ..training.infer import check_prototype, parse_emotion, parse_level, parse_person
-from ..training.model import EmoTalk, frame_count
+from ..training.control_values import check_prototype, parse_emotion, parse_level, parse_person
+from ..training.errors import UserError, require_training
+from ..training.framing import frame_count
+from ..training.model_files import DEFAULT_ENGINE
 from . import artifact
-from .backends import Backend, OnnxRuntimeBackend, TorchBackend, batches, require_backend
-from .small_step import NEVER, PREROLL, SmallStreamingStep, audio_end_frame
-from .window_step import WindowStreamingStep
+from .backends import Backend, OnnxRuntimeBackend, batches, require_backend
+from .interface import ENCODER_FRAME_MS, NEVER, PREROLL, audio_end_frame, frames_from_ms
+
+if TYPE_CHECKING:  # the model class only names a type here: the runtime never imports PyTorch
+    from ..training.model import EmoTalk
 
 
 @dataclass(frozen=True)
@@ -195,64 +198,34 @@ class Engine:
         self.lookahead_frames = lookahead_frames
         self.prototype_labels = tuple(prototypes)
         self.sample_rate = cfg.sample_rate
-        self.hop_samples = hop_frames * artifact.ENCODER_FRAME_MS * cfg.sample_rate // 1000
+        self.hop_samples = hop_frames * ENCODER_FRAME_MS * cfg.sample_rate // 1000
         self.preroll = preroll  # zeros the step expects before a stream's first sample
         self._free: list[int] = []
         self._next_slot = 0
 
     @property
     def hop_ms(self) -> int:
-        return self.hop_frames * artifact.ENCODER_FRAME_MS
+        return self.hop_frames * ENCODER_FRAME_MS
 
     @property
     def lookahead_ms(self) -> int:
-        return self.lookahead_frames * artifact.ENCODER_FRAME_MS
+        return self.lookahead_frames * ENCODER_FRAME_MS
+
+    # -- construction: an artifact needs only ONNX Runtime; a checkpoint needs PyTorch --
 
     @classmethod
-    def load(cls, source: str | Path | EmoTalk = "default", backend: str | None = None, hop_ms: int = 20,
-             lookahead_ms: int | None = None, device: str = "cpu", threads: int | None = None) -> "Engine":
-        """`source`: "default", a checkpoint folder, an `EmoTalk` or an engine artifact folder.
-
-        A checkpoint runs on `torch` (the default) or `onnxruntime` (exported on the fly, at
-        `hop_ms`/`lookahead_ms`); an artifact runs on the backend it was built for, with its own
-        hop and look-ahead.
-        """
-        if threads is not None and threads < 1:
-            raise UserError(f"{threads} engine threads: give 1 or more (--threads N)")
-        if backend is not None:
-            require_backend(backend)
-        if not isinstance(source, EmoTalk) and artifact.is_artifact(source):
-            return cls._from_artifact(Path(source), backend, threads)
-        if backend == "tensorrt":
-            raise UserError("the tensorrt backend runs an exported engine: build one with "
-                            "`emotalk-export --backend tensorrt --out DIR` and load DIR")
-        if isinstance(source, EmoTalk):
-            model, digest = source.eval(), "in-memory"
-        else:
-            folder = resolve_checkpoint(source)
-            model, digest = load_model(folder, device if backend in (None, "torch") else "cpu"), model_hash(folder)
-        hop = artifact.frames_from_ms(hop_ms, "hop", 1)
-        lookahead = model.cfg.lookahead if lookahead_ms is None else artifact.frames_from_ms(lookahead_ms, "look-ahead", 0)
-        streaming = model.cfg.content.kind == "streaming"
-        if backend == "onnxruntime" and not streaming:
-            raise UserError(f"model family {model.cfg.family!r} streams with sliding windows on the torch backend "
-                            f"only: use --backend torch")
-        if backend == "onnxruntime":
-            with tempfile.TemporaryDirectory() as tmp:
-                artifact.export_artifact(model, digest, Path(tmp), "onnx", hop * artifact.ENCODER_FRAME_MS,
-                                         lookahead * artifact.ENCODER_FRAME_MS)
-                return cls._from_artifact(Path(tmp), backend, threads)
-        if threads:
-            torch.set_num_threads(threads)  # process-wide: PyTorch has no per-module thread setting
-        step = SmallStreamingStep(model, hop, lookahead) if streaming else WindowStreamingStep(model, hop, lookahead)
-        runner = TorchBackend(step, artifact.step_interface(step), device)
-        return cls(model.cfg, runner, hop, lookahead, artifact.prototype_labels(model), PREROLL if streaming else 0)
-
-    @classmethod
-    def _from_artifact(cls, folder: Path, backend: str | None, threads: int | None) -> "Engine":
+    def from_artifact(cls, folder: str | Path = "default", backend: str | None = None,
+                      threads: int | None = None) -> "Engine":
+        """An engine artifact from emotalk-export ("default": the bundled model's, hop 20 ms,
+        look-ahead 40 ms) on ONNX Runtime, or on TensorRT where it holds a plan."""
+        _check_threads(threads)
+        folder = DEFAULT_ENGINE if str(folder) == "default" else Path(folder)
+        if not artifact.is_artifact(folder):
+            raise UserError(f"{folder} is not an engine artifact (no {artifact.MANIFEST_FILE}): export one with "
+                            f"emotalk-export --out DIR, or pass a checkpoint folder as the model")
         manifest = artifact.read_manifest(folder)
-        built = "tensorrt" if manifest.backend == "tensorrt" else "onnxruntime"
-        backend = backend or built
+        backend = backend or ("tensorrt" if manifest.backend == "tensorrt" else "onnxruntime")
+        require_backend(backend)
         if backend == "torch":
             raise UserError(f"{folder} is an exported engine; the torch backend runs a checkpoint: "
                             f"pass the model folder (or 'default') instead")
@@ -265,6 +238,54 @@ class Engine:
             runner = OnnxRuntimeBackend(folder / artifact.ONNX_FILE, manifest.step_interface, threads)
         return cls(manifest.config, runner, manifest.hop_frames, manifest.lookahead_frames, manifest.prototype_labels,
                    PREROLL)  # artifacts hold the exact `small` step
+
+    @classmethod
+    def from_checkpoint(cls, source: "str | Path | EmoTalk" = "default", backend: str = "torch", hop_ms: int = 20,
+                        lookahead_ms: int | None = None, device: str = "cpu", threads: int | None = None) -> "Engine":
+        """A checkpoint folder ("default": the bundled one) or an `EmoTalk` module, at any hop and
+        look-ahead; needs PyTorch (the `train` extra). `torch` runs the step as a module (`small`
+        exactly, `large` with sliding windows); `onnxruntime` exports `small` first (~10 s)."""
+        _check_threads(threads)
+        require_backend(backend)
+        if backend == "tensorrt":
+            raise UserError("the tensorrt backend runs an exported engine: build one with "
+                            "`emotalk-export --backend tensorrt --out DIR` and load DIR")
+        hop = frames_from_ms(hop_ms, "hop", 1)
+        if lookahead_ms is not None:
+            frames_from_ms(lookahead_ms, "look-ahead", 0)
+        named = source if isinstance(source, (str, Path)) else "in memory"
+        require_training(f"running the checkpoint {named} at these settings (the bundled engine, hop 20 ms and "
+                         f"look-ahead 40 ms, runs without it)")
+        from .torch_backend import checkpoint_model, prototype_labels, step_backend
+        model, digest = checkpoint_model(source, device if backend == "torch" else "cpu")
+        lookahead = model.cfg.lookahead if lookahead_ms is None else lookahead_ms // ENCODER_FRAME_MS
+        if backend == "onnxruntime":
+            if model.cfg.content.kind != "streaming":
+                raise UserError(f"model family {model.cfg.family!r} streams with sliding windows on the torch "
+                                f"backend only: use --backend torch")
+            from .onnx_export import export_artifact
+            with tempfile.TemporaryDirectory() as tmp:
+                export_artifact(model, digest, Path(tmp), "onnx", hop_ms, lookahead * ENCODER_FRAME_MS)
+                return cls.from_artifact(tmp, backend, threads)
+        runner, preroll = step_backend(model, hop, lookahead, device, threads)
+        return cls(model.cfg, runner, hop, lookahead, prototype_labels(model), preroll)
+
+    @classmethod
+    def load(cls, source: "str | Path | EmoTalk" = "default", backend: str | None = None, hop_ms: int | None = None,
+             lookahead_ms: int | None = None, device: str = "cpu", threads: int | None = None) -> "Engine":
+        """What a command's --model or --engine names. An artifact folder, or "default" at the bundled
+        engine's hop and look-ahead on the CPU, runs on ONNX Runtime without PyTorch
+        (`from_artifact`); anything else is a checkpoint (`from_checkpoint`, on torch unless
+        `backend` says otherwise)."""
+        if isinstance(source, (str, Path)) and artifact.is_artifact(source):
+            if hop_ms is not None or lookahead_ms is not None:
+                raise UserError(f"{source} is an exported engine with its own hop and look-ahead: export another "
+                                f"with emotalk-export --hop-ms/--lookahead-ms, or pass a checkpoint")
+            return cls.from_artifact(source, backend, threads)
+        if str(source) == "default" and backend in (None, "onnxruntime") and device == "cpu" \
+                and _bundled_engine_has(hop_ms, lookahead_ms):
+            return cls.from_artifact("default", backend, threads)
+        return cls.from_checkpoint(source, backend or "torch", hop_ms or 20, lookahead_ms, device, threads)
 
     # -- streams --
 
@@ -350,6 +371,12 @@ class Engine:
         """Stream whole clips (16 kHz mono) side by side, one stream each: (T, 52) per clip.
 
         `controls`: one for every clip, or one per clip."""
+        return [weights for weights, _ in self.process_with_emotion(clips, controls)]
+
+    def process_with_emotion(self, clips: Sequence[np.ndarray], controls: Controls | Sequence[Controls] | None = None
+                             ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """As `process`, with each clip's voice emotion over its whole length (softmax over
+        `cfg.emotion_labels`; None for a clip too short for a frame)."""
         each = controls if isinstance(controls, Sequence) else [controls] * len(clips)
         streams = [self.create_stream(c) for c in each]
         try:
@@ -361,9 +388,22 @@ class Engine:
             failed = [s.error for s in streams if s.error is not None]
             if failed:
                 raise RuntimeError(f"the engine failed on {len(failed)} of {len(streams)} clips: {failed[0]}")
-            return [np.stack([f.weights for f in s.frames()]) if s.frames_decoded else np.zeros((0, COUNT), np.float32)
-                    for s in streams]
+            return [(np.stack([f.weights for f in s.frames()]) if s.frames_decoded else np.zeros((0, COUNT), np.float32),
+                     s.emotion_probabilities()) for s in streams]
         finally:
             for stream in streams:
                 stream.close()
 
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise UserError(f"{threads} engine threads: give 1 or more (--threads N)")
+
+
+def _bundled_engine_has(hop_ms: int | None, lookahead_ms: int | None) -> bool:
+    """Whether the bundled artifact was exported at these settings (None: whatever it has)."""
+    try:
+        manifest = json.loads((DEFAULT_ENGINE / artifact.MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # a missing artifact: the checkpoint path says what is needed
+    return hop_ms in (None, manifest.get("hop_ms")) and lookahead_ms in (None, manifest.get("lookahead_ms"))

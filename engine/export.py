@@ -6,9 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..training.checkpoint import load_model, model_hash, resolve_checkpoint
 from ..training.errors import UserError, add_debug_flag, run_cli
-from .artifact import ENCODER_FRAME_MS, export_artifact
+from .interface import ENCODER_FRAME_MS
+from .onnx_export import export_artifact
+from .torch_backend import checkpoint_model
 
 PROG = "emotalk-export"
 
@@ -32,13 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
-    folder = resolve_checkpoint(args.model)
-    model = load_model(folder)
+    model, digest = checkpoint_model(args.model, "cpu")
     if model.cfg.family != "small":
         raise UserError(f"model family {model.cfg.family!r} streams with sliding windows on the torch backend; "
                         f"only the streaming 'small' family exports to an engine artifact")
     lookahead_ms = model.cfg.lookahead * ENCODER_FRAME_MS if args.lookahead_ms is None else args.lookahead_ms
-    manifest = export_artifact(model, model_hash(folder), args.out, args.backend, args.hop_ms, lookahead_ms,
+    manifest = export_artifact(model, digest, args.out, args.backend, args.hop_ms, lookahead_ms,
                                args.fp16, args.max_streams)
     files = ", ".join(sorted(manifest.files))
     print(f"{PROG}: {args.out} ({files}; hop {manifest.hop_ms} ms, look-ahead {manifest.lookahead_ms} ms, "

@@ -26,72 +26,21 @@ first step that has both. Work per step is constant: nothing grows with the stre
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from fractions import Fraction
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..training.config import ModelConfig
 from ..training.errors import UserError
-from ..training.model import EmoTalk, frame_count
-from ..training.streaming_encoder import (
-    ENCODER_HOP, N_FFT, POS_CONV_KERNEL, EncoderLayer, LogMel, StreamingEncoder,
-    encoder_frames_needed, samples_needed,
+from ..training.framing import ENCODER_HOP, POS_CONV_KERNEL
+from ..training.model import EmoTalk
+from ..training.streaming_encoder import EncoderLayer, StreamingEncoder
+from .interface import (
+    AUDIO_CONTEXT, StepInterface, TensorSpec, check_streamable, encoder_state_specs, frame_ratio, input_specs, output_slots,
+    output_specs, small_state_specs,
 )
 
 MASK = -3.0e4  # additive attention mask: exp() is 0 in fp32 and it still fits fp16
-REACH = 40  # samples a front-end frame needs past its 20 ms boundary (frame j: up to 320(j+1)+40)
-AUDIO_CONTEXT = N_FFT // 2 + REACH  # 240 samples: the mel window's past plus that reach
-PREROLL = ENCODER_HOP - REACH  # 280 zeros before a stream's first sample align the hops to the frames
-NEVER = 2**62  # `audio_end` of a stream still receiving audio
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A named tensor of the step's interface; `shape` excludes the batch axis."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"  # numpy spelling; "int64" for counters
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-
-def output_slots(hop_frames: int, ratio: Fraction) -> int:
-    """Most output frames one step can finish, over every phase of the encoder/output frame grid.
-
-    Frame k is ready once encoder frame floor(k * ratio) + 1 exists; a step adds `hop_frames`
-    encoder frames after `before` (the grid repeats every `ratio.numerator` encoder frames).
-    """
-    def finished(before: int) -> int:
-        last = int((before + hop_frames) / ratio) + 2
-        return sum(1 for k in range(last) if before < math.floor(k * ratio) + 1 <= before + hop_frames)
-    return max(finished(before) for before in range(ratio.numerator + 1))
-
-
-def input_specs(cfg: ModelConfig, hop_samples: int) -> list[TensorSpec]:
-    """Per-step inputs of every streaming step: a hop of audio and the stream's controls."""
-    return [
-        TensorSpec("audio", (hop_samples,)),
-        TensorSpec("level", ()),
-        TensorSpec("person", (cfg.n_persons,)),
-        TensorSpec("emotion", (len(cfg.emotion_labels),)),
-        TensorSpec("emotion_strength", ()),
-        TensorSpec("audio_end", (), "int64"),
-    ]
-
-
-def output_specs(cfg: ModelConfig, slots: int) -> list[TensorSpec]:
-    """Per-step outputs: up to `slots` frames (the first `n_frames` are finished) and the voice's emotion."""
-    return [
-        TensorSpec("weights", (slots, len(cfg.blendshapes))),
-        TensorSpec("n_frames", (), "int64"),
-        TensorSpec("emotion_logits", (len(cfg.emotion_labels),)),
-    ]
 
 
 def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -129,16 +78,7 @@ class EncoderStep(nn.Module):
         self.left = encoder.cfg.left_context
 
     def state_specs(self) -> list[TensorSpec]:
-        cfg, p = self.encoder.cfg, self.prefix
-        head = cfg.hidden // cfg.heads
-        specs = [TensorSpec(f"{p}mel", (1, cfg.n_mels)), TensorSpec(f"{p}pos", (POS_CONV_KERNEL - 1, cfg.hidden))]
-        if self.lookahead:
-            specs.append(TensorSpec(f"{p}delay", (self.lookahead, cfg.hidden)))
-        for i in range(cfg.layers):
-            cached = self.left + (self.lookahead if i == 0 else 0)
-            specs += [TensorSpec(f"{p}k{i}", (cfg.heads, cached, head)), TensorSpec(f"{p}v{i}", (cfg.heads, cached, head))]
-        specs.append(TensorSpec(f"{p}tail", (1, cfg.hidden)))
-        return specs
+        return encoder_state_specs(self.encoder.cfg, self.prefix, self.lookahead)
 
     def frontend(self, window: Tensor, first_mel: Tensor, mel_cache: Tensor, pos_cache: Tensor,
                  first_frame: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -206,7 +146,7 @@ class SmallStreamingStep(nn.Module):
         self.cfg: ModelConfig = cfg
         self.hop_frames = hop_frames
         self.lookahead = lookahead
-        self.ratio = Fraction(cfg.sample_rate, ENCODER_HOP) / cfg.fps  # encoder frames per output frame
+        self.ratio = frame_ratio(cfg)
         self.slots = output_slots(hop_frames, self.ratio)
         self.content = EncoderStep(model.audio_encoder_cont, "content_", hop_frames, lookahead)
         self.emotion = EncoderStep(model.audio_encoder_emo.backbone, "emotion_", hop_frames, lookahead)
@@ -228,16 +168,7 @@ class SmallStreamingStep(nn.Module):
         return output_specs(self.cfg, self.slots)
 
     def state_specs(self) -> list[TensorSpec]:
-        cfg = self.cfg
-        head = cfg.d_model // cfg.decoder_heads
-        specs = [TensorSpec("step", (), "int64"), TensorSpec("next_frame", (), "int64"),
-                 TensorSpec("audio_context", (AUDIO_CONTEXT,))]
-        specs += self.content.state_specs() + self.emotion.state_specs()
-        for i in range(cfg.decoder_layers):
-            shape = (cfg.decoder_heads, cfg.decoder_past, head)
-            specs += [TensorSpec(f"dec_k{i}", shape), TensorSpec(f"dec_v{i}", shape)]
-        specs += [TensorSpec("emo_sum", (cfg.emotion.hidden,)), TensorSpec("emo_count", ())]
-        return specs
+        return small_state_specs(self.cfg, self.lookahead)
 
     def interpolate(self, frames: Tensor, low: Tensor, frac: Tensor) -> Tensor:
         """Output-frame features from encoder frames (B, h + 1, C) at window positions low + frac."""
@@ -315,29 +246,8 @@ class SmallStreamingStep(nn.Module):
         logits = model.audio_encoder_emo.classifier(pooled)
         return {"weights": weights, "n_frames": n_frames, "emotion_logits": logits}, new
 
-    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-        return {s.name: torch.zeros((batch, *s.shape), dtype=getattr(torch, s.dtype), device=device)
-                for s in self.state_specs()}
 
-
-def check_streamable(cfg: ModelConfig, hop_frames: int, lookahead: int) -> None:
-    """Refuse settings the step cannot reproduce exactly, naming the allowed range."""
-    if cfg.content.kind != "streaming" or cfg.emotion.kind != "streaming":
-        raise UserError(f"model family {cfg.family!r} has no streaming encoders: it streams with sliding windows")
-    if cfg.decoder_past <= 0:
-        raise UserError("the model's decoder has an unbounded past (decoder_past 0): it cannot stream in constant memory")
-    if hop_frames < 1:
-        raise UserError(f"hop must be at least one encoder frame ({ENCODER_HOP * 1000 // cfg.sample_rate} ms)")
-    limit = min(cfg.content.max_lookahead, cfg.emotion.max_lookahead)
-    if not 0 <= lookahead <= limit:
-        ms = 1000 * ENCODER_HOP // cfg.sample_rate
-        raise UserError(f"look-ahead {lookahead * ms} ms is outside what this model was trained for "
-                        f"(0 to {limit * ms} ms in steps of {ms} ms)")
-
-
-def audio_end_frame(num_samples: int, lookahead: int, fps: int, sample_rate: int) -> int:
-    """Front-end frames offline inference computes for a clip of `num_samples`: a finished stream
-    masks later frames, so its last frames match offline inference exactly."""
-    frames = frame_count(num_samples, sample_rate, fps)
-    padded = max(num_samples, samples_needed(encoder_frames_needed(frames, fps) + lookahead))
-    return (LogMel.frames_for(padded) - 2) // 2 + 1
+def step_interface(step: nn.Module) -> StepInterface:
+    """The tensors of a built step, `SmallStreamingStep` or `WindowStreamingStep` (an artifact's come
+    from its manifest)."""
+    return StepInterface(tuple(step.input_specs()), tuple(step.output_specs()), tuple(step.state_specs()))

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..training.errors import UserError
-from .backends import Backend, StepInterface, contiguous, state_input, state_output
-from .small_step import TensorSpec
+from .backends import Backend, contiguous
+from .interface import StepInterface, TensorSpec, state_input, state_output
 
 WORKSPACE_BYTES = 1 << 30  # scratch memory TensorRT's kernels may use (1 GiB)
 ALIGNMENT = 256  # bytes: TensorRT's requirement for every input and output address

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from ..training.errors import UserError
-from ..training.model import EmoTalk, frame_count
-from ..training.streaming_encoder import ENCODER_HOP
-from .small_step import TensorSpec, input_specs, output_specs
+from ..training.framing import ENCODER_HOP, frame_count
+from ..training.model import EmoTalk
+from .interface import TensorSpec, input_specs, output_specs
 
 CNN_RECEPTIVE_FIELD = 400  # samples of wav2vec2's feature encoder per 50 Hz frame
 DEFAULT_CONTEXT_MS = 2000

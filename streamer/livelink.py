@@ -1,6 +1,8 @@
 """Live Link Face out: the iPhone app's ARKit-mode UDP packet, so Unreal takes us for a phone.
 
-Packet version 6, big-endian (reference/wire-protocols.md section 1): uint8 6; int32 length +
+Packet version 6, big-endian (Unreal's AppleARKitFaceSupport Live Link source, which listens on
+UDP 11111; the layout the parsers in github.com/think-biq/LLV and github.com/aelzeiny/Animoji
+read, and that of the app packets recorded in LLV's examples/dao.gesichter): uint8 6; int32 length +
 UTF-8 device id; int32 length + UTF-8 subject; int32 frame number, float32 sub-frame, int32 rate
 numerator, int32 rate denominator; uint8 61; 61 float32 in Unreal's EARFaceBlendShape order
 (52 shapes, then 9 head/eye rotations, sent as 0). Total 270 + len(id) + len(subject) bytes.

@@ -1,6 +1,6 @@
 """OSC out over UDP: VMC perfect sync for avatar apps, or one plain ARKit message per frame.
 
-fmt "vmc" (VSeeFace, VMagicMirror, Warudo, VNyan; reference/wire-protocols.md section 2): one
+fmt "vmc" (VSeeFace, VMagicMirror, Warudo, VNyan; the VMC protocol, protocol.vmc.info): one
 bundle per frame with an immediate time tag, holding
     /VMC/Ext/Blend/Val  s NAME  f VALUE    the 52 perfect-sync PascalCase names (EyeBlinkLeft ...),
                                            then the VRM 0.x presets A I U E O Blink_L Blink_R Joy

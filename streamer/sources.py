@@ -50,6 +50,10 @@ class Source(ABC):
     realtime: bool  # audio arrives at the speed it plays (microphone, paced file)
     overruns: int = 0  # audio lost because the reader fell behind; counted, never fatal
 
+    def check(self) -> None:
+        """Raise `UserError` now for what the user can fix (a missing file, an absent microphone), so
+        that it is the first and only line printed, before the model loads."""
+
     @abstractmethod
     def start(self) -> None:
         """Open the device, file or pipe; raises `UserError` on a bad setup."""
@@ -260,6 +264,9 @@ class MicSource(Source):
     def overruns(self) -> int:  # type: ignore[override]
         return self._overflows + self._lost_overruns + (self._ring.overruns if self._ring is not None else 0)
 
+    def check(self) -> None:
+        find_input_device(self.device)
+
     def start(self) -> None:
         """Open the device; after `DeviceLost`, open it again (found by the same name or index)."""
         self.close()
@@ -347,7 +354,8 @@ class MicSource(Source):
 
 
 class WavSource(Source):
-    """A sound file, read whole at `start`, handed out in blocks: at the pace of a microphone or at once."""
+    """A sound file, read whole by `check` (or `start`), handed out in blocks: at the pace of a microphone
+    or at once."""
 
     def __init__(self, path: str | Path, pace: bool = True, block_ms: float = 10.0):
         self.path = Path(path)
@@ -359,8 +367,12 @@ class WavSource(Source):
         self._start_time = 0.0
         self._stamps = Stamps()  # unpaced: when each block was handed out
 
-    def start(self) -> None:
+    def check(self) -> None:
         self._audio = read_audio(self.path)
+
+    def start(self) -> None:
+        if not len(self._audio):
+            self.check()
         self._position = 0
         self._started = True
         self._start_time = time.monotonic()

@@ -1,7 +1,8 @@
-"""Fixtures shared by the streamer's tests: one engine of the bundled model for the session, a
-time limit, a headless Chromium tab."""
+"""Fixtures shared by the tests: one engine of the bundled model for the session, a time limit, a
+headless Chromium tab, and the package's logger put back after every test."""
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,20 @@ TEST_TIMEOUT_S = 60
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
-    """The bundled model on the torch backend (about a second to load)."""
+    """The bundled engine on ONNX Runtime, as `--model default` runs it."""
     return Engine.load("default")
+
+
+@pytest.fixture(autouse=True)
+def package_logging() -> Iterator[None]:
+    """A command's main() installs its console on the package's logger, writing to that test's
+    captured output; give the next test the logger it had."""
+    logger = logging.getLogger("emotalk_stream")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""A Live Link Face packet decoder written from the byte layout in reference/wire-protocols.md,
-independent of the encoder it checks."""
+"""A Live Link Face packet decoder written from the Live Link Face packet layout (the parser in
+Unreal's AppleARKitFaceSupport plugin), independent of the encoder it checks."""
 from __future__ import annotations
 
 import struct
@@ -8,7 +8,7 @@ import numpy as np
 
 
 def decode(packet: bytes) -> dict:
-    """reference/wire-protocols.md section 1, version 6, big-endian; the whole packet must be used."""
+    """Packet version 6, big-endian; the whole packet must be used."""
     position = 0
 
     def take(fmt: str) -> tuple:

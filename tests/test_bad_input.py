@@ -4,14 +4,13 @@ Commands run in-process (`emotalk-stream` is `cli.main`): a refusal is exit code
 stderr line `emotalk-stream: error: ...`; input that must work streams every frame, round(N x 30)
 for N seconds of input, all finite and in [0, 1]. Controls go through a real ControlBoard behind a
 real OSC server or WebSocket sink: refused with a reason, the board unchanged, the stream going on.
-Cases covered elsewhere are not repeated here (see the README's table): e.g. a missing or corrupt
+Cases covered elsewhere are not repeated here (see the table in docs/reliability.md): e.g. a missing or corrupt
 WAV end to end in test_stream_cli.py, a tampered model.onnx in test_engine.py.
 """
 from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ import socket
 import struct
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,7 +36,7 @@ from emotalk_stream.streamer.frames import OutFrame
 from emotalk_stream.streamer.osc_control import OscControlServer
 from emotalk_stream.streamer.websocket_sink import WebSocketSink
 from emotalk_stream.training.blendshapes import COUNT
-from emotalk_stream.training.checkpoint import CONFIG_FILE, DEFAULT_MODEL, WEIGHTS_FILE
+from emotalk_stream.training.model_files import CONFIG_FILE, DEFAULT_MODEL, WEIGHTS_FILE
 from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +60,7 @@ class Env:
 class Case:
     group: str
     name: str
-    gets: str  # what the user gets, for the README's table
+    gets: str  # what the user gets, for the table in docs/reliability.md
     check: Callable[[Env], None]
 
     def __str__(self) -> str:
@@ -378,17 +377,6 @@ CASES = [
     Case("websocket", "one bad change of two", '`{"error": "person 99 ..."}`: neither change applies',
          ws_refused('{"level": 0.5, "person": 99}', r"person 99")),
 ]
-
-
-@pytest.fixture(autouse=True)
-def package_logging() -> Iterator[None]:
-    """main() installs its console on the package's logger; give the next test the logger it had."""
-    logger = logging.getLogger("emotalk_stream")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

@@ -1,4 +1,4 @@
-"""`emotalk-bench`: one JSON object with the figures the README quotes, and an exact streaming gap."""
+"""`emotalk-bench`: one JSON object with the figures docs/results.md quotes, and an exact streaming gap."""
 from __future__ import annotations
 
 import json

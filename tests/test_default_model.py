@@ -1,8 +1,8 @@
 """The bundled default model: its size, its figures on a fresh corpus, and real human speech.
 
-The figures are the issue's targets, measured exactly as the README's table: emotalk-eval on the
+The figures are the issue's targets, measured exactly as the table in docs/results.md: emotalk-eval on the
 test split of a freshly generated corpus (seed 2, which the model never saw; it was trained on
-seed 1). The corpus is deterministic, so this test reproduces the README's numbers.
+seed 1). The corpus is deterministic, so this test reproduces those numbers.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import torch
 from emotalk_stream.training import corpus, evaluate
 from emotalk_stream.training.audio import read_audio
 from emotalk_stream.training.blendshapes import INDEX
-from emotalk_stream.training.checkpoint import DEFAULT_MODEL, load_model
-from emotalk_stream.training.infer import infer
+from emotalk_stream.training.checkpoint import load_model
+from emotalk_stream.training.model_files import DEFAULT_MODEL
+from emotalk_stream.training.offline import infer
 
 ALSA_VOICES = Path("/usr/share/sounds/alsa")
 
@@ -52,7 +53,7 @@ def test_figures_on_a_fresh_corpus(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_real_speech_moves_the_mouth_and_silence_closes_it(model, name: str) -> None:
     voice = read_audio(ALSA_VOICES / name)  # a human voice, 48 kHz in the file
     # A second of room silence on each side: a -70 dBFS noise floor, as any microphone has (exact
-    # digital zeros at the start of a stream are a known weakness, see the README's limitations).
+    # digital zeros at the start of a stream are a known weakness, see the limitations in docs/results.md).
     audio = np.concatenate([np.zeros(16000, np.float32), voice, np.zeros(16000, np.float32)])
     audio += 3e-4 * np.random.default_rng(0).standard_normal(len(audio)).astype(np.float32)
     with torch.inference_mode():

@@ -14,13 +14,15 @@ from emotalk_stream.engine.engine import Controls, Engine
 from emotalk_stream.engine.export import main as export_main
 from emotalk_stream.training import config
 from emotalk_stream.training.audio import read_audio
-from emotalk_stream.training.checkpoint import DEFAULT_MODEL, load_model
+from emotalk_stream.training.checkpoint import load_model
+from emotalk_stream.training.model_files import DEFAULT_ENGINE, DEFAULT_MODEL, SAMPLE_SPEECH, model_hash
 from emotalk_stream.training.config import EncoderConfig
 from emotalk_stream.training.errors import UserError
-from emotalk_stream.training.infer import infer
-from emotalk_stream.training.model import EmoTalk, frame_count
+from emotalk_stream.training.offline import infer
+from emotalk_stream.training.framing import frame_count
+from emotalk_stream.training.model import EmoTalk
 
-SAMPLE = DEFAULT_MODEL.parent / "sample.wav"
+SAMPLE = SAMPLE_SPEECH
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,10 @@ def clips() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def onnx_engine_dir(model: EmoTalk, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("engine")
-    artifact.export_artifact(model, "test", folder, "onnx", hop_ms=20, lookahead_ms=40, max_streams=16)
-    return folder
+def onnx_engine_dir() -> Path:
+    """The bundled engine artifact: the tests that compare it with the checkpoint keep it in sync."""
+    assert artifact.read_manifest(DEFAULT_ENGINE).source_sha256 == model_hash(DEFAULT_MODEL)
+    return DEFAULT_ENGINE
 
 
 def _offline(model: EmoTalk, clip: np.ndarray, lookahead: int, **controls) -> np.ndarray:
@@ -47,7 +49,7 @@ def _offline(model: EmoTalk, clip: np.ndarray, lookahead: int, **controls) -> np
 
 @pytest.mark.parametrize("hop_ms,lookahead_ms", [(20, 0), (20, 40), (40, 80), (100, 120), (60, 20)])
 def test_streaming_equals_offline_inference(model: EmoTalk, clips: list[np.ndarray], hop_ms: int, lookahead_ms: int) -> None:
-    engine = Engine.load(model, "torch", hop_ms=hop_ms, lookahead_ms=lookahead_ms)
+    engine = Engine.from_checkpoint(model, "torch", hop_ms=hop_ms, lookahead_ms=lookahead_ms)
     streamed = engine.process(clips, Controls(level=0.3, person=5))
     for clip, out in zip(clips, streamed):
         reference = _offline(model, clip, lookahead_ms // 20, level=0.3, person=5)
@@ -56,7 +58,7 @@ def test_streaming_equals_offline_inference(model: EmoTalk, clips: list[np.ndarr
 
 
 def test_chunk_sizes_do_not_matter(model: EmoTalk, clips: list[np.ndarray]) -> None:
-    engine = Engine.load(model, "torch")
+    engine = Engine.from_checkpoint(model, "torch")
     stream = engine.create_stream()
     rng = np.random.default_rng(0)
     position, frames = 0, []
@@ -77,16 +79,16 @@ def test_chunk_sizes_do_not_matter(model: EmoTalk, clips: list[np.ndarray]) -> N
 
 
 def test_onnxruntime_matches_torch(model: EmoTalk, clips: list[np.ndarray], onnx_engine_dir: Path) -> None:
-    onnx = Engine.load(onnx_engine_dir)
+    onnx = Engine.from_artifact(onnx_engine_dir)
     assert onnx.backend.name == "onnxruntime" and (onnx.hop_ms, onnx.lookahead_ms) == (20, 40)
-    reference = Engine.load(model, "torch", lookahead_ms=40).process(clips, Controls(emotion="sad:0.5"))
+    reference = Engine.from_checkpoint(model, "torch", lookahead_ms=40).process(clips, Controls(emotion="sad:0.5"))
     for out, ref in zip(onnx.process(clips, Controls(emotion="sad:0.5")), reference):
         assert out.shape == ref.shape
         assert np.abs(out - ref).max() <= 1e-3
 
 
 def test_freed_slots_are_reused_out_of_order(model: EmoTalk, clips: list[np.ndarray], onnx_engine_dir: Path) -> None:
-    for engine in (Engine.load(model, "torch", lookahead_ms=40), Engine.load(onnx_engine_dir)):
+    for engine in (Engine.from_checkpoint(model, "torch", lookahead_ms=40), Engine.from_artifact(onnx_engine_dir)):
         streams = [engine.create_stream() for _ in range(3)]
         streams[1].close()
         streams[1] = engine.create_stream(Controls(person=7))  # takes the freed slot back
@@ -102,7 +104,7 @@ def test_freed_slots_are_reused_out_of_order(model: EmoTalk, clips: list[np.ndar
 
 
 def test_controls_change_between_steps(model: EmoTalk, clips: list[np.ndarray]) -> None:
-    engine = Engine.load(model, "torch")
+    engine = Engine.from_checkpoint(model, "torch")
     clip = np.tile(clips[0], 2)  # 10 s, so the decoder's 2 s memory of the old controls runs out
     stream = engine.create_stream(Controls(level="low"))
     half = len(clip) // 4
@@ -133,7 +135,7 @@ def test_controls_change_between_steps(model: EmoTalk, clips: list[np.ndarray]) 
 
 
 def test_emotion_estimate_matches_offline(model: EmoTalk, clips: list[np.ndarray]) -> None:
-    engine = Engine.load(model, "torch")
+    engine = Engine.from_checkpoint(model, "torch")
     stream = engine.create_stream()
     assert stream.emotion_probabilities() is None
     stream.accept_waveform(16000, clips[0])
@@ -145,7 +147,7 @@ def test_emotion_estimate_matches_offline(model: EmoTalk, clips: list[np.ndarray
 
 def test_memory_stays_flat_on_a_long_stream(onnx_engine_dir: Path) -> None:
     from emotalk_stream.tools.bench import current_rss_mb, speech
-    engine = Engine.load(onnx_engine_dir)
+    engine = Engine.from_artifact(onnx_engine_dir)
     stream = engine.create_stream()
     minute = speech(60.0, 16000)
     rss = []
@@ -161,7 +163,7 @@ def test_memory_stays_flat_on_a_long_stream(onnx_engine_dir: Path) -> None:
 
 
 def test_bad_input_gets_one_clear_error(model: EmoTalk, onnx_engine_dir: Path, tmp_path: Path) -> None:
-    engine = Engine.load(model, "torch")
+    engine = Engine.from_checkpoint(model, "torch")
     stream = engine.create_stream()
     with pytest.raises(UserError, match="44100 Hz.*16000"):
         stream.accept_waveform(44100, np.zeros(441, np.float32))
@@ -173,17 +175,29 @@ def test_bad_input_gets_one_clear_error(model: EmoTalk, onnx_engine_dir: Path, t
     with pytest.raises(UserError, match="after input_finished"):
         stream.accept_waveform(16000, np.zeros(10, np.float32))
     with pytest.raises(UserError, match="unknown backend"):
-        Engine.load(model, "openvino")
+        Engine.from_checkpoint(model, "openvino")
     with pytest.raises(UserError, match="emotalk-export --backend tensorrt"):
-        Engine.load(model, "tensorrt")
+        Engine.from_checkpoint(model, "tensorrt")
     with pytest.raises(UserError, match="torch backend runs a checkpoint"):
-        Engine.load(onnx_engine_dir, "torch")
+        Engine.from_artifact(onnx_engine_dir, "torch")
     with pytest.raises(UserError, match="no TensorRT plan"):
-        Engine.load(onnx_engine_dir, "tensorrt")
+        Engine.from_artifact(onnx_engine_dir, "tensorrt")
     with pytest.raises(UserError, match="look-ahead 160 ms"):
-        Engine.load(model, "torch", lookahead_ms=160)
+        Engine.from_checkpoint(model, "torch", lookahead_ms=160)
     with pytest.raises(UserError, match="multiple of 20"):
-        Engine.load(model, "torch", hop_ms=30)
+        Engine.from_checkpoint(model, "torch", hop_ms=30)
+
+
+def test_load_picks_the_bundled_engine_or_the_checkpoint(onnx_engine_dir: Path) -> None:
+    assert Engine.load("default").backend.name == "onnxruntime"  # no PyTorch needed
+    assert Engine.load(onnx_engine_dir).backend.name == "onnxruntime"
+    assert Engine.load("default", "torch").backend.name == "torch"
+    other = Engine.load("default", lookahead_ms=0)  # not what the bundled engine was exported at
+    assert (other.backend.name, other.lookahead_ms) == ("torch", 0)
+    with pytest.raises(UserError, match="its own hop and look-ahead"):
+        Engine.load(onnx_engine_dir, lookahead_ms=0)
+    with pytest.raises(UserError, match="not an engine artifact"):
+        Engine.from_artifact(DEFAULT_MODEL)
 
 
 def _copy_artifact(source: Path, target: Path) -> Path:
@@ -201,24 +215,24 @@ def test_artifacts_that_do_not_match_are_refused(onnx_engine_dir: Path, tmp_path
     tampered = _copy_artifact(onnx_engine_dir, tmp_path / "tampered")
     (tampered / artifact.ONNX_FILE).write_bytes((tampered / artifact.ONNX_FILE).read_bytes()[:-10])
     with pytest.raises(UserError, match="does not match its manifest"):
-        Engine.load(tampered)
+        Engine.from_artifact(tampered)
 
     old = _copy_artifact(onnx_engine_dir, tmp_path / "old")
     (old / artifact.MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 0}))
     with pytest.raises(UserError, match="format version 0"):
-        Engine.load(old)
+        Engine.from_artifact(old)
 
     other = _copy_artifact(onnx_engine_dir, tmp_path / "other")
     states = [dict(s, shape=[s["shape"][0] + 1, *s["shape"][1:]]) if s["name"] == "content_k0" else s
               for s in manifest["interface"]["states"]]
     (other / artifact.MANIFEST_FILE).write_text(json.dumps({**manifest, "interface": {**manifest["interface"], "states": states}}))
     with pytest.raises(UserError, match="another version"):
-        Engine.load(other)
+        Engine.from_artifact(other)
 
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / artifact.MANIFEST_FILE).write_text("[1, 2]")
     with pytest.raises(UserError, match="not an emotalk-stream engine manifest"):
-        Engine.load(tmp_path / "junk")
+        Engine.from_artifact(tmp_path / "junk")
 
 
 def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -243,7 +257,7 @@ def test_large_family_streams_with_sliding_windows(clips: list[np.ndarray]) -> N
                               emotion_dim=8, level_dim=4, person_dim=4, decoder_ffn=24)
     tiny = EmoTalk(cfg).eval()
     torch.nn.init.normal_(tiny.bs_map_r.weight, std=0.5)
-    engine = Engine.load(tiny, "torch", hop_ms=40, lookahead_ms=100)
+    engine = Engine.from_checkpoint(tiny, "torch", hop_ms=40, lookahead_ms=100)
     clip = clips[1]
     out = engine.process([clip])[0]
     assert out.shape == (frame_count(len(clip)), 52) and out.std() > 0.01
@@ -257,4 +271,4 @@ def test_large_family_streams_with_sliding_windows(clips: list[np.ndarray]) -> N
     assert len(early) == sum(1 for k in range(100) if k * 16000 / 30 + 1600 <= stepped)
     np.testing.assert_allclose(early, out[: len(early)], atol=1e-5)
     with pytest.raises(UserError, match="torch backend"):
-        Engine.load(tiny, "onnxruntime")
+        Engine.from_checkpoint(tiny, "onnxruntime")

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from emotalk_stream.training import checkpoint
-from emotalk_stream.training.checkpoint import load_model, model_hash, save_checkpoint
+from emotalk_stream.training import model_files
+from emotalk_stream.training.checkpoint import load_model, save_checkpoint
+from emotalk_stream.training.model_files import model_hash
 from emotalk_stream.training.config import OFFICIAL_EMOTIONS, EncoderConfig, ModelConfig, large
 from emotalk_stream.training.errors import UserError
 from emotalk_stream.training.importer import main
@@ -196,7 +197,7 @@ def test_load_model_refuses_pickles_and_explains_missing_default(tmp_path: Path,
     (tmp_path / "EmoTalk.pth").write_bytes(b"not even read")
     with pytest.raises(UserError, match="emotalk-import --official"):
         load_model(tmp_path / "EmoTalk.pth")
-    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", tmp_path / "absent")
+    monkeypatch.setattr(model_files, "DEFAULT_MODEL", tmp_path / "absent")
     with pytest.raises(UserError, match="bundled default model is missing"):
         load_model("default")
     with pytest.raises(UserError, match="not found"):

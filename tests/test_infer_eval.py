@@ -23,7 +23,7 @@ from emotalk_stream.training.data import by_split, load_folder
 from emotalk_stream.training.evaluate import BASELINES, METRICS, VERTEX_METRICS, evaluate
 from emotalk_stream.training.evaluate import main as eval_main
 from emotalk_stream.training.infer import main as infer_main
-from emotalk_stream.training.infer import parse_emotion, parse_level, parse_person
+from emotalk_stream.training.control_values import parse_emotion, parse_level, parse_person
 from emotalk_stream.training.livelink_csv import read_csv
 from emotalk_stream.training.model import EmoTalk
 

@@ -10,7 +10,8 @@ import torch
 from emotalk_stream.training import config
 from emotalk_stream.training.data import time_warp
 from emotalk_stream.training.losses import gather_frames
-from emotalk_stream.training.model import EmoTalk, alibi_causal_bias, frame_count
+from emotalk_stream.training.framing import frame_count
+from emotalk_stream.training.model import EmoTalk, alibi_causal_bias
 from emotalk_stream.training.streaming_encoder import LogMel, StreamingEncoder, samples_needed
 
 

@@ -1,6 +1,6 @@
 """`large` has the official EmoTalk state_dict, key for key and shape for shape.
 
-The expected table is written out from reference/emotalk-official.md ("state_dict keys"), not
+The expected table is written out from the official checkpoint's state_dict (github.com/psyai-net/EmoTalk_release), not
 derived from our model, so a renamed module or a wrong size fails here. The model is built on the
 meta device: 640 M parameters, no memory.
 """

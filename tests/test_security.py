@@ -23,14 +23,16 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from emotalk_stream.engine import Engine
-from emotalk_stream.streamer import cli
+from emotalk_stream.engine.artifact import MANIFEST_FILE, ONNX_FILE
+from emotalk_stream.streamer import cli, launch
 from emotalk_stream.streamer.address import all_interfaces, parse_listen_address
 from emotalk_stream.streamer.controls import ControlBoard
 from emotalk_stream.streamer.frames import OutFrame
 from emotalk_stream.streamer.osc_control import OscControlServer
 from emotalk_stream.streamer.websocket_sink import WebSocketSink
 from emotalk_stream.training import importer
-from emotalk_stream.training.checkpoint import CONFIG_FILE, DEFAULT_MODEL, WEIGHTS_FILE, load_model
+from emotalk_stream.training.checkpoint import load_model
+from emotalk_stream.training.model_files import CONFIG_FILE, DEFAULT_ENGINE, DEFAULT_MODEL, WEIGHTS_FILE
 from emotalk_stream.training.errors import UserError
 from chromium import Tab
 from waiting import free_port, wait_for
@@ -127,7 +129,7 @@ def test_all_interfaces(host: str, every: bool) -> None:
 def cli_sink(board: ControlBoard, *options: str) -> WebSocketSink:
     """The WebSocketSink that `emotalk-stream OPTIONS` would stream to."""
     args = cli.build_parser().parse_args(["--wav", "speech.wav", *options])
-    sinks = cli.make_sinks(args, board)
+    sinks = launch.make_sinks(launch.parse_outputs(args), args, board)
     assert len(sinks) == 1 and isinstance(sinks[0], WebSocketSink)
     return sinks[0]
 
@@ -399,9 +401,12 @@ def test_a_malicious_pickle_is_refused_without_running_code(tmp_path: Path, kind
     assert marker.exists()
 
 
-def test_the_bundled_model_is_safetensors_and_json_only() -> None:
-    files = sorted(p.name for p in DEFAULT_MODEL.iterdir() if p.name != "__pycache__")
-    assert files == [CONFIG_FILE, WEIGHTS_FILE] and WEIGHTS_FILE.endswith(".safetensors")
+def test_the_bundled_model_is_safetensors_json_and_onnx_only() -> None:
+    files = sorted(p.relative_to(DEFAULT_MODEL).as_posix() for p in DEFAULT_MODEL.rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts)
+    engine = DEFAULT_ENGINE.relative_to(DEFAULT_MODEL).as_posix()
+    assert files == [CONFIG_FILE, f"{engine}/{MANIFEST_FILE}", f"{engine}/{ONNX_FILE}", WEIGHTS_FILE]
+    assert WEIGHTS_FILE.endswith(".safetensors")
 
 
 def test_our_checkpoints_load_without_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""A short soak in CI (`emotalk-soak --seconds 3600` is the full one, README "Reliability")."""
+"""A short soak in CI (`emotalk-soak --seconds 3600` is the full one, docs/reliability.md)."""
 from __future__ import annotations
 
 from emotalk_stream.tools.soak import soak

@@ -43,15 +43,23 @@ def run(*args: str, env: dict[str, str] | None = None, data: bytes | None = None
 
 
 class ArkitReceiver:
-    """A python-osc server collecting `/emotalk/arkit` frames: (index, time, weights)."""
+    """A python-osc server collecting `/emotalk/arkit` frames: (index, time, weights), and when each
+    arrived (time.monotonic(), in `arrivals`)."""
 
     def __init__(self) -> None:
         self.frames: list[tuple[int, float, np.ndarray]] = []
+        self.arrivals: list[float] = []
+        self._lock = threading.Lock()  # each datagram is handled on its own thread: keep the lists paired
         dispatcher = Dispatcher()
-        dispatcher.map("/emotalk/arkit", lambda _a, i, t, *w: self.frames.append((i, t, np.array(w, np.float32))))
+        dispatcher.map("/emotalk/arkit", self._received)
         self.server = ThreadingOSCUDPServer(("127.0.0.1", 0), dispatcher)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _received(self, _address: str, index: int, time_s: float, *weights: float) -> None:
+        with self._lock:
+            self.arrivals.append(time.monotonic())
+            self.frames.append((index, time_s, np.array(weights, np.float32)))
 
     def close(self) -> None:
         self.server.shutdown()
@@ -224,15 +232,17 @@ def test_a_signal_stops_within_a_second_with_a_neutral_frame(receiver: ArkitRece
     process = start("--wav", str(SAMPLE), "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit")
     try:
         wait_for(lambda: len(receiver.frames) >= 30, timeout=30, what="30 frames")
-        process.send_signal(how)
         signalled = time.monotonic()
+        process.send_signal(how)
         err = finish(process, timeout=5)
-        stopped = time.monotonic() - signalled
     finally:
         process.kill()
     assert process.returncode == 0, err
-    assert stopped < 1.0
     wait_for(lambda: any(not w.any() for _, _, w in receiver.frames), what="the neutral frame")
+    # What the avatar shows: the face at rest within a second of the signal (the interpreter's own
+    # exit afterwards is not part of it, and is bounded by finish's timeout above).
+    rested = next(t for t, (_, _, w) in zip(receiver.arrivals, receiver.frames) if not w.any())
+    assert rested - signalled < 1.0
     frames = sorted(receiver.frames, key=lambda f: f[0])
     assert not frames[-1][2].any() and frames[-1][0] == len(frames) - 1
     assert len(frames) < expected_frames(SAMPLE, 30)

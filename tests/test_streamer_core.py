@@ -14,7 +14,7 @@ from emotalk_stream.streamer.controls import ControlBoard
 from emotalk_stream.streamer.face import BLINK_CHANNELS, Blinker, FacePost, FaceSettings
 from emotalk_stream.training.blendshapes import COUNT, INDEX
 from emotalk_stream.training.errors import UserError
-from emotalk_stream.training.model import frame_count
+from emotalk_stream.training.framing import frame_count
 
 RATE, MODEL_FPS = 16000, 30
 

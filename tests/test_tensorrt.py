@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from emotalk_stream.engine.artifact import export_artifact
+from emotalk_stream.engine.onnx_export import export_artifact
 from emotalk_stream.engine.engine import Controls, Engine, Stream
 from emotalk_stream.training.audio import read_audio
 from emotalk_stream.training.checkpoint import load_model
@@ -42,7 +42,7 @@ def clips() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference(model) -> Engine:
-    return Engine.load(model, backend="torch", hop_ms=HOP_MS, lookahead_ms=LOOKAHEAD_MS)
+    return Engine.from_checkpoint(model, backend="torch", hop_ms=HOP_MS, lookahead_ms=LOOKAHEAD_MS)
 
 
 def export(model, folder: Path, fp16: bool) -> Path:
@@ -61,14 +61,14 @@ def max_difference(got: list[np.ndarray], want: list[np.ndarray]) -> float:
 
 
 def test_fp32_plan_matches_torch(fp32_artifact: Path, clips, reference: Engine) -> None:
-    engine = Engine.load(fp32_artifact)
+    engine = Engine.from_artifact(fp32_artifact)
     assert engine.backend.name == "tensorrt"
     d = max_difference(engine.process(clips, CONTROLS), reference.process(clips, CONTROLS))
     assert d <= 1e-3, d
 
 
 def test_fp16_plan_stays_close_to_torch(model, clips, reference: Engine, tmp_path: Path) -> None:
-    engine = Engine.load(export(model, tmp_path, fp16=True))
+    engine = Engine.from_artifact(export(model, tmp_path, fp16=True))
     d = max_difference(engine.process(clips, CONTROLS), reference.process(clips, CONTROLS))
     print(f"fp16 max abs diff {d:.2e}")
     assert d <= 0.05, d
@@ -105,6 +105,6 @@ def out_of_order(engine: Engine, clips: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def test_streams_out_of_slot_order_match_torch(fp32_artifact: Path, clips, model) -> None:
-    reference = Engine.load(model, backend="torch", hop_ms=HOP_MS, lookahead_ms=LOOKAHEAD_MS)
-    d = max_difference(out_of_order(Engine.load(fp32_artifact), clips), out_of_order(reference, clips))
+    reference = Engine.from_checkpoint(model, backend="torch", hop_ms=HOP_MS, lookahead_ms=LOOKAHEAD_MS)
+    d = max_difference(out_of_order(Engine.from_artifact(fp32_artifact), clips), out_of_order(reference, clips))
     assert d <= 1e-3, d

@@ -20,20 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.artifact import is_artifact, read_manifest
+from ..engine.artifact import read_manifest
 from ..engine.backends import BACKENDS
 from ..engine.engine import Controls, Engine
 from ..training.audio import read_audio
-from ..training.checkpoint import load_model, model_hash, resolve_checkpoint
+from ..training.checkpoint import load_model
+from ..training.model_files import SAMPLE_SPEECH, model_hash, resolve_checkpoint
 from ..training.corpus import generate
 from ..training.data import ClipInfo, by_split, load_folder, read_labels
 from ..training.errors import UserError, add_debug_flag, run_cli
-from ..training.infer import infer
+from ..training.offline import infer
 from ..training.metrics import lip_mae
 from ..training.model import EmoTalk
 
 PROG = "emotalk-bench"
-SPEECH = Path(__file__).resolve().parent.parent / "training" / "assets" / "sample.wav"
 WARMUP_STEPS = 20
 SEARCH_SECONDS = 2.0  # audio per stream for each batch size tried by the stream-count search
 STREAM_LIMIT = 4096
@@ -50,7 +50,7 @@ def current_rss_mb() -> float:
 
 def speech(seconds: float, sample_rate: int) -> np.ndarray:
     """`seconds` of real speech: the bundled voice clip, repeated."""
-    clip = read_audio(SPEECH, sample_rate)
+    clip = read_audio(SAMPLE_SPEECH, sample_rate)
     return np.take(clip, np.arange(int(seconds * sample_rate)), mode="wrap")
 
 
@@ -58,7 +58,7 @@ def time_steps(engine: Engine, streams: int, seconds: float, track_memory: bool 
     """Feed `streams` streams hop by hop with `seconds` of speech each; time every step.
 
     The voice clip is read hop by hop, wrapping around, so an hour of input costs no memory."""
-    clip = read_audio(SPEECH, engine.sample_rate)
+    clip = read_audio(SAMPLE_SPEECH, engine.sample_rate)
     hop = engine.hop_samples
     steps = WARMUP_STEPS + int(seconds * engine.sample_rate) // hop
     group = [engine.create_stream() for _ in range(streams)]
@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-gap", action="store_true", help="skip the streaming-gap measurement")
     parser.add_argument("--no-search", action="store_true", help="skip the search for the most real-time streams")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--startup", action="store_true",
+                        help="instead: the runtime's startup and footprint (--help time, first packet, peak RSS, torch imported)")
+    parser.add_argument("--venv-size", action="store_true",
+                        help="with --startup: also pip install . into a fresh venv and report its size (needs the index or pip's cache)")
     add_debug_flag(parser)
     return parser
 
@@ -179,16 +183,15 @@ def load_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     """The engine to time, and the checkpoint folder of its model (the offline reference)."""
     reference = resolve_checkpoint(args.model)
     if args.engine is not None:
-        if not is_artifact(args.engine):
-            raise UserError(f"--engine {args.engine} is not an engine artifact (no manifest.json): export one with emotalk-export")
-        manifest = read_manifest(args.engine)
-        if not args.no_gap and manifest.source_sha256 != model_hash(reference):
+        engine = Engine.from_artifact(args.engine, args.backend, threads=args.threads)
+        if not args.no_gap and read_manifest(args.engine).source_sha256 != model_hash(reference):
             raise UserError(f"{args.engine} was exported from another checkpoint than --model {args.model}: "
                             f"pass the source checkpoint with --model, or use --no-gap")
-        return Engine.load(args.engine, args.backend, threads=args.threads), reference
+        return engine, reference
     backend = args.backend or "onnxruntime"
     if backend == "torch":
-        return Engine.load(args.model, backend, args.hop_ms, args.lookahead_ms, args.device, args.threads), reference
+        return Engine.from_checkpoint(args.model, backend, args.hop_ms, args.lookahead_ms, args.device,
+                                      args.threads), reference
     # Export in a child process, so the exporter's memory does not count in this one's RSS.
     folder = Path(tempfile.mkdtemp(prefix="emotalk-bench-engine-"))
     command = [sys.executable, "-m", "emotalk_stream.engine.export", "--model", str(reference), "--out", str(folder),
@@ -199,12 +202,17 @@ def load_engine(args: argparse.Namespace) -> tuple[Engine, str]:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise UserError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "emotalk-export failed")
-        return Engine.load(folder, backend, threads=args.threads), reference
+        return Engine.from_artifact(folder, backend, threads=args.threads), reference
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.startup:
+        from .startup import run_startup  # measures fresh child processes; needs no engine here
+
+        run_startup(args.json, args.venv_size)
+        return
     if args.streams < 1 or not args.seconds > 0:
         raise UserError("--streams must be at least 1 and --seconds more than 0")
     progress = not args.json or sys.stderr.isatty()

@@ -146,9 +146,9 @@ def _run(args: argparse.Namespace) -> None:
     if args.onsets < 1:
         raise UserError("--onsets must be at least 1")
     if args.engine:
-        engine = Engine.load(args.engine, threads=args.threads)
+        engine = Engine.from_artifact(args.engine, threads=args.threads)
     else:
-        engine = Engine.load(args.model, "torch", lookahead_ms=args.lookahead_ms, threads=args.threads)
+        engine = Engine.load(args.model, lookahead_ms=args.lookahead_ms, threads=args.threads)
     print(json.dumps(measure(engine, args.onsets, args.fps, args.seed), indent=2))
 
 

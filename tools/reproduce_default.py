@@ -1,4 +1,4 @@
-"""`emotalk-reproduce`: make the bundled default model and the README's results table in one command.
+"""`emotalk-reproduce`: make the bundled default model and the results table of docs/results.md in one command.
 
     emotalk-reproduce --work runs/default [--install]
 
@@ -8,7 +8,8 @@ Steps, each skipped when its output already exists (so an interrupted run contin
 3. the ablation without the emotion-disentangling pairs (emotalk-train --no-cross), same budget;
 4. a fresh evaluation corpus from another seed, and emotalk-eval of both models on its test split;
 5. WORK/results.json and a Markdown table on stdout; with --install, the model is copied into
-   the package as the bundled default.
+   the package as the bundled default and exported beside it as the bundled engine artifact
+   (hop 20 ms, the model's look-ahead), which the runtime runs on ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from pathlib import Path
 
 import torch
 
+from emotalk_stream.engine.interface import ENCODER_FRAME_MS
+from emotalk_stream.engine.onnx_export import export_artifact
 from emotalk_stream.training import corpus, trainer
-from emotalk_stream.training.checkpoint import DEFAULT_MODEL, load_model, model_hash
+from emotalk_stream.training.checkpoint import load_model
+from emotalk_stream.training.model_files import DEFAULT_ENGINE, DEFAULT_MODEL, model_hash
 from emotalk_stream.training.data import by_split, load_folder
 from emotalk_stream.training.errors import add_debug_flag, run_cli
 from emotalk_stream.training.evaluate import emotion_transfer, evaluate
@@ -108,7 +112,11 @@ def reproduce(args: argparse.Namespace) -> int:
         DEFAULT_MODEL.mkdir(parents=True, exist_ok=True)
         for name in ("model.safetensors", "config.json"):
             shutil.copy2(runs["model"] / name, DEFAULT_MODEL / name)
-        log(f"installed {runs['model']} as the bundled default model ({DEFAULT_MODEL})")
+        model = load_model(DEFAULT_MODEL)
+        export_artifact(model, model_hash(DEFAULT_MODEL), DEFAULT_ENGINE, "onnx", ENCODER_FRAME_MS,
+                        model.cfg.lookahead * ENCODER_FRAME_MS)
+        log(f"installed {runs['model']} as the bundled default model ({DEFAULT_MODEL}) and its engine "
+            f"({DEFAULT_ENGINE})")
     return 0
 
 

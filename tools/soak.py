@@ -31,7 +31,7 @@ from websockets.sync.client import connect
 
 from ..training.audio import SAMPLE_RATE, read_audio, rescale_count, write_wav
 from ..training.errors import UserError, add_debug_flag, run_cli
-from .bench import SPEECH
+from ..training.model_files import SAMPLE_SPEECH
 
 PROG = "emotalk-soak"
 RECEIVE_BUFFER = 8 * 2**20
@@ -143,7 +143,7 @@ def check(frames: list[tuple[int, float]], expected: int, fps: int,
 
 
 def soak(seconds: float, fps: int, warmup: float, engine: str | None) -> dict[str, Any]:
-    speech = read_audio(SPEECH)
+    speech = read_audio(SAMPLE_SPEECH)
     audio = np.take(speech, np.arange(int(seconds * SAMPLE_RATE)), mode="wrap")
     expected = rescale_count(len(audio), fps, SAMPLE_RATE)
     vmc, arkit, livelink = UdpCounter(), UdpCounter(parse_arkit), UdpCounter(parse_livelink)

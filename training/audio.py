@@ -2,6 +2,7 @@
 
 Every command that takes a sound file (inference, evaluation, the streamer's file source, the
 Live Link Face loader) reads it here, so that one place turns a bad file into one clear error.
+numpy and soundfile only: tools that must run without PyTorch read files here too.
 """
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-from torchaudio.transforms import Resample
 
 from .errors import UserError
 
 SAMPLE_RATE = 16000
 MIN_RATE, MAX_RATE = 8000, 192000  # the input rates every source takes (files, pipes, microphones)
-# torchaudio's exact resampler builds a (target/gcd) x (rate/gcd) kernel: every rate in use reduces
-# to under 300 000 entries (11025 Hz: 640 x 441), a rate that does not reduce (22051 Hz) needs GBs.
+# The file resampler's kernel is (target/gcd) x (2 x width + rate/gcd), about (target/gcd) x (rate/gcd):
+# every rate in use reduces to under 300 000 entries (11025 Hz: 640 x 455), a rate that does not
+# reduce (22051 Hz) would need GBs.
 MAX_RESAMPLE_KERNEL = 1_000_000
+# Windowed-sinc parameters of the file resampler: torchaudio's defaults, so files read as before.
+LOWPASS_FILTER_WIDTH = 6  # zero crossings of the sinc on each side
+ROLLOFF = 0.99  # cutoff as a fraction of the lower Nyquist frequency
+RESAMPLE_BLOCK = 1 << 20  # kernel-window entries (4 MB of float32) copied out per matrix product
 READ_BLOCK_FRAMES = 1 << 20
 # WAV writers that stream (ffmpeg to a pipe, crashed recorders) leave these as the data size.
 _UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
@@ -96,10 +100,53 @@ def _check_rate(path: Path, rate: int, target: int) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _resampler(rate: int, target: int) -> Resample:
-    """torchaudio's resampler with its kernel built once per rate pair (30-110 ms a build for 11.025,
-    22.05 or 44.1 kHz); in float32, bit-identical to torchaudio.functional.resample."""
-    return Resample(rate, target, dtype=torch.float32)
+def _resample_kernel(rate: int, target: int) -> tuple[np.ndarray, int]:
+    """The polyphase kernel for `rate` -> `target`, built once per rate pair, and its half-width.
+
+    With orig, new the rates over their gcd, row j weighs the `2 x width + orig` input samples
+    around outputs j, j + new, j + 2 new, ...: a sinc with its cutoff at ROLLOFF of the lower Nyquist
+    frequency, under a Hann window spanning LOWPASS_FILTER_WIDTH zero crossings on each side. The
+    same filter as torchaudio's default ("sinc_interp_hann"), built in float64, stored in float32.
+    """
+    common = math.gcd(rate, target)
+    orig, new = rate // common, target // common
+    base = min(orig, new) * ROLLOFF  # twice the cutoff, in units of gcd Hz
+    width = math.ceil(LOWPASS_FILTER_WIDTH * orig / base)  # input samples a side the window reaches
+    # Time from output j to each input sample, in zero crossings of the sinc (1 / (base x gcd) s).
+    offsets = np.arange(-width, width + orig, dtype=np.float64) / orig
+    t = (-np.arange(new, dtype=np.float64)[:, None] / new + offsets[None, :]) * base
+    t = np.clip(t, -LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
+    window = np.cos(t * (math.pi / (2 * LOWPASS_FILTER_WIDTH))) ** 2
+    kernel = np.sinc(t) * window * (base / orig)
+    return kernel.astype(np.float32), width
+
+
+def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """(N,) float32 at `rate` -> ceil(N x target / rate) float32 samples at `target`.
+
+    Output k = new x b + j is row j of the kernel dotted with the input window that starts at
+    orig x b in the signal padded by `width` zeros in front and `width + orig` behind: a strided
+    convolution, done as matrix products over blocks of windows so that memory stays bounded.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if rate == target:
+        return audio.copy()
+    kernel, width = _resample_kernel(rate, target)
+    common = math.gcd(rate, target)
+    orig, new = rate // common, target // common
+    length = -(-new * len(audio) // orig)
+    windows = -(-length // new)  # each window gives `new` outputs
+    padded = np.zeros(len(audio) + 2 * width + orig, dtype=np.float32)
+    padded[width:width + len(audio)] = audio
+    views = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::orig][:windows]
+    out = np.empty((windows, new), dtype=np.float32)
+    step = max(1, RESAMPLE_BLOCK // kernel.shape[1])
+    weights = kernel.T
+    for start in range(0, windows, step):
+        # Overlapping windows are copied out first: BLAS takes only non-overlapping rows.
+        block = np.ascontiguousarray(views[start:start + step])
+        np.matmul(block, weights, out=out[start:start + step])
+    return out.reshape(-1)[:length]
 
 
 def _read_blocks(handle: sf.SoundFile) -> np.ndarray:
@@ -143,9 +190,9 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     # would spread over the resampling filter's width.
     mono = np.clip(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0).mean(axis=1)
     if rate != sample_rate:
-        mono = _resampler(rate, sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
-        # torchaudio rounds the length up; half up is the streaming resampler's, so a file and the
-        # same audio on a pipe give the same samples and frames.
+        mono = resample(mono, rate, sample_rate)
+        # resample rounds the length up (as torchaudio does); half up is the streaming resampler's,
+        # so a file and the same audio on a pipe give the same samples and frames.
         mono = mono[:rescale_count(len(data), sample_rate, rate)]
     return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)  # the resampler may overshoot a little
 

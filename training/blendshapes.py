@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# EmoTalk's output order (reference/emotalk-official.md section 3): ARKit camelCase, sorted.
+# EmoTalk's output order (model_bsList in render.py, github.com/psyai-net/EmoTalk_release): the
+# ARKit camelCase names (Apple's ARFaceAnchor.BlendShapeLocation), sorted.
 NAMES: tuple[str, ...] = (
     "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
     "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
@@ -116,22 +117,10 @@ def to_named_order(weights: np.ndarray, order: tuple[str, ...]) -> np.ndarray:
     return out
 
 
-def from_named_order(values: np.ndarray, order: tuple[str, ...] | list[str]) -> np.ndarray:
-    """Gather EmoTalk-order (..., 52) weights from columns named by `order`; missing names -> KeyError."""
-    position = {}
-    for j, name in enumerate(order):
-        try:
-            position[camel(name)] = j
-        except KeyError:
-            continue
-    missing = [n for n in NAMES if n not in position]
-    if missing:
-        raise KeyError(f"missing blendshape columns: {', '.join(missing)}")
-    return np.stack([values[..., position[n]] for n in NAMES], axis=-1)
-
-
-# VRM presets driven from ARKit weights. Visemes follow the common "viseme from ARKit" mixes
-# (reference/wire-protocols.md, section 2); emotions read the expression channels they show in.
+# VRM presets driven from ARKit weights. No standard viseme-from-ARKit table exists; these are the
+# common mixes (jawOpen for A, pucker for U, funnel for O, as lip-sync scripts such as TalkingHead's
+# use them), and the VRM 0.x / 1.0 preset names are those of the VMC protocol (protocol.vmc.info).
+# Emotions read the expression channels they show in.
 VRM0_FROM_ARKIT: dict[str, dict[str, float]] = {
     "A": {"jawOpen": 1.0},
     "I": {"mouthStretchLeft": 0.5, "mouthStretchRight": 0.5, "jawOpen": 0.3},

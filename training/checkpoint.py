@@ -7,7 +7,6 @@ line, what does not fit.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,10 +20,8 @@ from torch import Tensor
 from .config import ModelConfig
 from .errors import UserError
 from .model import EmoTalk
+from .model_files import CONFIG_FILE, WEIGHTS_FILE, resolve_checkpoint
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
 
 # torch.nn.utils.weight_norm (old) -> torch.nn.utils.parametrizations.weight_norm (ours).
 _WEIGHT_NORM_SPELLINGS = {
@@ -97,27 +94,6 @@ def save_checkpoint(model: EmoTalk, folder: Path, extra: dict[str, Any] | None =
     return folder
 
 
-def resolve_checkpoint(path_or_default: str | Path) -> Path:
-    """"default" -> the bundled model; a folder or its model.safetensors -> the folder."""
-    if str(path_or_default) == "default":
-        if not (DEFAULT_MODEL / WEIGHTS_FILE).is_file():
-            raise UserError(f"the bundled default model is missing ({DEFAULT_MODEL}): this install has no "
-                            f"trained model; reinstall emotalk-stream or pass a checkpoint folder")
-        return DEFAULT_MODEL
-    path = Path(path_or_default)
-    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        raise UserError(f"{path} is a PyTorch pickle, which is never loaded directly: convert it with "
-                        f"`emotalk-import --official {path} --out DIR` and load DIR")
-    if path.is_file() and path.name.endswith(".safetensors"):
-        path = path.parent
-    if not path.is_dir():
-        raise UserError(f"checkpoint {path} not found: give a folder with {WEIGHTS_FILE} and {CONFIG_FILE}")
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        if not (path / name).is_file():
-            raise UserError(f"checkpoint {path} has no {name}: expected {WEIGHTS_FILE} + {CONFIG_FILE}")
-    return path
-
-
 def load_model(path_or_default: str | Path, device: str | torch.device = "cpu") -> EmoTalk:
     """Build the model its config.json describes and load its weights (eval mode, on `device`)."""
     folder = resolve_checkpoint(path_or_default)
@@ -133,19 +109,3 @@ def load_model(path_or_default: str | Path, device: str | torch.device = "cpu") 
                         f"or re-import it with emotalk-import")
     model.load_state_dict(state)
     return model.to(device).eval()
-
-
-def model_hash(folder: str | Path) -> str:
-    """sha256 of the weights file, hex: names exactly which model an artifact came from."""
-    path = Path(folder)
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    return file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -114,7 +114,7 @@ class ModelConfig:
 
 
 def large() -> ModelConfig:
-    """The official EmoTalk layout (reference/emotalk-official.md)."""
+    """The official EmoTalk layout (github.com/psyai-net/EmoTalk_release model.py; arXiv 2303.11089)."""
     w2v = EncoderConfig(kind="wav2vec2", hidden=1024, layers=24, heads=16, ffn=4096)
     return ModelConfig(
         family="large", content=w2v, emotion=dataclasses.replace(w2v),

@@ -23,7 +23,8 @@ from .checkpoint import load_model
 from .blendshapes import LIP, UPPER
 from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
 from .errors import UserError, add_debug_flag, run_cli
-from .infer import emotion_index, eval_mode
+from .control_values import emotion_index
+from .offline import eval_mode
 from .metrics import (FaceTemplates, baseline_energy, baseline_mean_pose, emotion_accuracy,
                       load_templates, pooled_jitter, score_clips)
 from .losses import gather_frames

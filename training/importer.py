@@ -26,7 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .checkpoint import describe_mismatch, file_sha256, normalize_weight_norm_keys, save_checkpoint
+from .checkpoint import describe_mismatch, normalize_weight_norm_keys, save_checkpoint
+from .model_files import file_sha256
 from .config import OFFICIAL_EMOTIONS, EncoderConfig, ModelConfig, large
 from .errors import UserError, add_debug_flag, run_cli
 from .model import EmoTalk

@@ -1,6 +1,7 @@
 """Live Link Face CSV recordings: the file the iPhone app saves and people train on.
 
-Layout (reference/wire-protocols.md section 1): `Timecode,BlendShapeCount,` then 61 PascalCase
+Layout (as the Live Link Face app records it; e.g. anim/S07-001.csv in
+github.com/alexdjulin/LiveLinkFace-CSV-Retarget-For-Motionbuilder): `Timecode,BlendShapeCount,` then 61 PascalCase
 columns in the app's CSV order, in which Jaw and Mouth Left/Right are swapped relative to the UDP
 packet. Columns are always mapped by name through `blendshapes`. The timecode is
 `HH:MM:SS:FF.fff`: FF is the frame within the second at the timecode rate (60 in real recordings,

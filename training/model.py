@@ -1,7 +1,8 @@
 """EmoTalk (arXiv 2303.11089): emotion-disentangling encoders and an emotion-guided decoder.
 
 One implementation for the whole family, sized by `ModelConfig`. Module names follow the official
-release (reference/emotalk-official.md) so that `large` loads `EmoTalk.pth` key for key:
+release (github.com/psyai-net/EmoTalk_release, model.py and wav2vec.py) so that `large` loads
+`EmoTalk.pth` key for key:
 
     audio --> audio_encoder_cont --> audio_feature_map_cont ------------> content  (content_dim)
     audio --> audio_encoder_emo  --> audio_feature_map_emo  --> memory  (d_model)
@@ -12,23 +13,17 @@ release (reference/emotalk-official.md) so that `large` loads `EmoTalk.pth` key 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import EncoderConfig, ModelConfig
+from .framing import frame_count
 from .streaming_encoder import StreamingEncoder
 from .wav2vec2 import Wav2Vec2Model, linear_interpolation
 
 
 DECODE_BLOCK = 512  # output frames per decoder call on long clips
-
-
-def frame_count(num_samples: int, sample_rate: int = 16000, fps: int = 30) -> int:
-    """Output frames for a clip, as the official demo counts them: ceil(seconds * fps)."""
-    return math.ceil(num_samples / sample_rate * fps)
 
 
 def build_backbone(cfg: EncoderConfig, fps: int) -> nn.Module:

@@ -20,12 +20,10 @@ from torch import Tensor, nn
 from torchaudio.functional import melscale_fbanks
 
 from .config import EncoderConfig
+from .framing import (
+    ENCODER_HOP, MEL_HOP, N_FFT, POS_CONV_KERNEL, SAMPLE_RATE, encoder_frames_needed, mel_frames_for, samples_needed,
+)
 
-SAMPLE_RATE = 16000
-N_FFT = 400
-MEL_HOP = 160  # 100 Hz mel frames
-ENCODER_HOP = 2 * MEL_HOP  # 50 Hz encoder frames, the wav2vec2 rate
-POS_CONV_KERNEL = 15
 LOG_FLOOR = 1e-7
 ATTENTION_BLOCK = 256  # query frames per attention call: memory stays linear in clip length
 
@@ -45,10 +43,7 @@ class LogMel(nn.Module):
         fbank = melscale_fbanks(n_freqs, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE)  # (F, n_mels)
         self.register_buffer("fbank", fbank.float(), persistent=False)
 
-    @staticmethod
-    def frames_for(num_samples: int) -> int:
-        """Mel frames computable from `num_samples` (after the N_FFT/2 left padding)."""
-        return max(0, (num_samples + N_FFT // 2 - N_FFT) // MEL_HOP + 1)
+    frames_for = staticmethod(mel_frames_for)
 
     def forward(self, audio: Tensor) -> Tensor:
         return self.uncentred(F.pad(audio, (N_FFT // 2, 0)))
@@ -116,19 +111,6 @@ def resample_to_frames(hidden: Tensor, frame_num: int, fps: int) -> Tensor:
     low = hidden[:, lower.clamp(max=last)]
     high = hidden[:, (lower + 1).clamp(max=last)]
     return low + (high - low) * frac
-
-
-def encoder_frames_needed(frame_num: int, fps: int) -> int:
-    """Encoder frames that output frames 0..frame_num-1 interpolate from."""
-    if frame_num == 0:
-        return 0
-    return math.floor((frame_num - 1) * SAMPLE_RATE / ENCODER_HOP / fps) + 2
-
-
-def samples_needed(encoder_frames: int) -> int:
-    """Samples from which `encoder_frames` encoder frames are computable (one mel frame of look-ahead)."""
-    last_mel = 2 * (encoder_frames - 1) + 1
-    return last_mel * MEL_HOP + N_FFT // 2
 
 
 class StreamingEncoder(nn.Module):

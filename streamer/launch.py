@@ -1,0 +1,191 @@
+"""From `emotalk-stream`'s parsed arguments to a running streamer: everything the user can get
+wrong is checked first (source, addresses, files, controls), then the model loads, the sinks open
+and the audio flows until its end, Ctrl-C or SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..engine import Controls, Engine
+from ..engine.artifact import MANIFEST_FILE, is_artifact
+from ..training.blendshapes import REGIONS
+from ..training.errors import UserError
+from . import console as console_module
+from .address import parse_address, parse_listen_address
+from .cli import TOKEN_ENV
+from .controls import ControlBoard
+from .face import MAX_SMOOTHING_S, FaceSettings
+from .livelink import LiveLinkSink
+from .osc_control import OscControlServer
+from .osc_sink import OscSink
+from .pipeline import Streamer, Summary
+from .recorder import Recorder
+from .sink import Sink
+from .sources import MicSource, Source, StdinSource, WavSource, list_devices
+from .websocket_sink import WebSocketSink
+
+log = logging.getLogger("emotalk_stream.streamer.cli")  # the command's logger, as in every message it prints
+
+
+def stream(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        print(list_devices())
+        return 0
+    console = console_module.install(args.quiet)
+    # Everything the user can get wrong is checked before the model loads.
+    source = make_source(args)
+    outputs = parse_outputs(args)
+    face = FaceSettings(smoothing=check_smoothing(args.smoothing), blink=not args.no_blink)
+    controls = Controls(level=args.level, person=args.person, emotion=args.emotion, gains=parse_gains(args.gain))
+    control_address = parse_listen_address(args.control, "--control") if args.control else None
+    source.check()
+    engine = load_engine(args)
+    board = ControlBoard(engine, controls, face)
+    sinks = make_sinks(outputs, args, board)
+    opened: list[Sink] = []
+    control: OscControlServer | None = None
+    try:
+        for sink in sinks:
+            sink.open()
+            opened.append(sink)
+        if control_address is not None:
+            control = OscControlServer(*control_address, board)
+            control.open()
+        if args.wait_for_client:
+            wait_for_client(sinks)
+        streamer = Streamer(source, engine, board, sinks, args.fps, console, args.seed, args.exit_on_device_loss)
+        log.info("streaming %s at %d fps to %s (Ctrl-C stops)", describe_source(args), args.fps,
+                 ", ".join(s.name for s in sinks))
+        summary = with_signals(streamer.run)
+    finally:
+        for sink in opened:
+            sink.close()  # already closed with a neutral frame where streaming started
+        if control is not None:
+            control.close()
+    report(summary)
+    return 0
+
+
+def wait_for_client(sinks: list[Sink]) -> None:
+    """Hold the input until a WebSocket client is connected, so it sees the stream from frame 0."""
+    ws = next(s for s in sinks if isinstance(s, WebSocketSink))  # parse_outputs made sure of one
+    log.info("waiting for a client at %s (Ctrl-C stops)", ws.url)
+    while ws.clients == 0:
+        time.sleep(0.05)
+
+
+def make_source(args: argparse.Namespace) -> Source:
+    if args.mic is not None:
+        return MicSource(args.mic)
+    if args.wav is not None:
+        return WavSource(args.wav, pace=not args.no_pace)
+    if args.stdin:
+        return StdinSource(args.stdin_format, args.stdin_rate, args.stdin_channels)
+    raise UserError("no audio source: give --mic default (or a name from --list-devices), --wav FILE or --stdin")
+
+
+def describe_source(args: argparse.Namespace) -> str:
+    if args.mic is not None:
+        return f"microphone {args.mic!r}"
+    if args.wav is not None:
+        return f"{args.wav}" + (" (as fast as possible)" if args.no_pace else "")
+    return f"stdin ({args.stdin_format}, {args.stdin_rate} Hz)"
+
+
+@dataclass
+class Outputs:
+    """The outputs the command line asks for, checked; none is opened yet."""
+
+    sinks: list[Sink]  # every output but the WebSocket server, which needs the control board
+    ws: tuple[str, int] | None
+    token: str | None
+
+
+def parse_outputs(args: argparse.Namespace) -> Outputs:
+    """Every output's address, format and file name, checked before any socket is opened or model loaded."""
+    if not (args.osc or args.livelink or args.ws or args.record):
+        raise UserError("nothing to send to: add --osc HOST:PORT, --livelink HOST:PORT, --ws HOST:PORT or --record FILE")
+    formats = args.osc_format or ["vmc"]
+    if len(formats) not in (1, len(args.osc)):
+        raise UserError(f"{len(formats)} --osc-format for {len(args.osc)} --osc: give one format for all, "
+                        f"or one per --osc in the same order")
+    formats = formats * len(args.osc) if len(formats) == 1 else formats
+    if (args.token or args.allow_origin) and not args.ws:
+        raise UserError("--token and --allow-origin protect the WebSocket server: add --ws [HOST:]PORT")
+    if args.wait_for_client and not args.ws:
+        raise UserError("--wait-for-client waits for a WebSocket client: add --ws [HOST:]PORT")
+    sinks: list[Sink] = [OscSink(*parse_address(a, "--osc"), f) for a, f in zip(args.osc, formats)]
+    sinks += [LiveLinkSink(*parse_address(a, "--livelink"), args.subject) for a in args.livelink]
+    sinks += [Recorder(path) for path in args.record]
+    return Outputs(sinks, parse_listen_address(args.ws, "--ws") if args.ws else None,
+                   args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None)
+
+
+def make_sinks(outputs: Outputs, args: argparse.Namespace, board: ControlBoard) -> list[Sink]:
+    """The checked outputs and the WebSocket server, which serves the live controls too."""
+    if outputs.ws is None:
+        return outputs.sinks
+    return [*outputs.sinks, WebSocketSink(*outputs.ws, board, token=outputs.token, allowed_origins=args.allow_origin)]
+
+
+def load_engine(args: argparse.Namespace) -> Engine:
+    if args.engine:
+        if args.lookahead_ms is not None:
+            raise UserError("--lookahead-ms is for a checkpoint (--model); an engine artifact has its own: "
+                            "export another one with emotalk-export --lookahead-ms")
+        if not is_artifact(args.engine):
+            raise UserError(f"--engine {args.engine} is not an engine artifact (no {MANIFEST_FILE}): export one with "
+                            "emotalk-export --out DIR, or pass a checkpoint folder with --model")
+        return Engine.from_artifact(args.engine, args.backend, threads=args.threads)
+    return Engine.load(args.model, args.backend, lookahead_ms=args.lookahead_ms, threads=args.threads)
+
+
+def parse_gains(items: list[str]) -> dict[str, float]:
+    gains = {}
+    for item in items:
+        region, sep, value = item.partition("=")
+        try:
+            gains[region.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UserError(f"--gain {item!r} is not REGION=FACTOR, e.g. --gain mouth=1.3 ({', '.join(REGIONS)})")
+    return gains
+
+
+def check_smoothing(seconds: float) -> float:
+    if not 0.0 <= seconds <= MAX_SMOOTHING_S:
+        raise UserError(f"--smoothing {seconds} is not a number of seconds from 0 to {MAX_SMOOTHING_S}")
+    return seconds
+
+
+def with_signals(body: Callable[[threading.Event], Summary]) -> Summary:
+    """Run `body(stop)` with Ctrl-C and SIGTERM setting `stop`; a second Ctrl-C exits at once."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            os._exit(130)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return body(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def report(summary: Summary) -> None:
+    latency = "" if summary.latency_ms is None else (
+        f", latency p50 {summary.latency_ms[0]:.0f} ms p95 {summary.latency_ms[1]:.0f} ms")
+    how = "stopped" if summary.stopped else "end of input"
+    log.info("%s: %d frames for %.2f s of audio%s, %d dropped, %d overruns", how, summary.frames,
+             summary.audio_seconds, latency, summary.drops, summary.overruns)
+

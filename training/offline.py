@@ -1,0 +1,61 @@
+"""Offline, full-context inference of a checkpoint in PyTorch: the reference that the streaming
+engine is measured against (the whole clip at once, the model's look-ahead, only clipping to
+[0, 1]). Needs the `train` extra; `emotalk-infer --backend torch` runs it.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .control_values import check_prototype
+from .framing import frame_count
+from .model import EmoTalk
+
+
+def prototypes_present(model: EmoTalk) -> list[bool]:
+    """For each emotion label, whether the model stores its prototype (training writes them)."""
+    return (model.emotion_prototypes.abs().sum(dim=1) > 0).tolist()
+
+
+def require_prototype(model: EmoTalk, label: int) -> None:
+    """An emotion override blends towards a label's prototype; refuse where the model has none."""
+    check_prototype(prototypes_present(model), model.cfg.emotion_labels, label)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (no dropout), then the caller's mode again (the trainer's)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0,
+          emotion: int | None = None, strength: float = 1.0,
+          lookahead: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) 16 kHz audio -> (T, 52) float32 weights in [0, 1] and the voice's emotion probabilities.
+
+    With `emotion` (a label index) the emotion memory is blended towards that label's prototype by
+    `strength`; the probabilities stay the voice's own.
+    """
+    if emotion is not None:
+        require_prototype(model, emotion)
+    device = next(model.parameters()).device
+    frames = frame_count(len(audio), model.cfg.sample_rate, model.cfg.fps)
+    wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(device)
+    with eval_mode(model):
+        content = model.encode_content(wave, frames, lookahead)
+        memory, logits = model.encode_emotion(wave, frames, lookahead)
+        if emotion is not None:
+            memory = model.override_emotion(memory, emotion, strength)
+        weights = model.decode(content, memory, torch.tensor([level], device=device),
+                               torch.tensor([person], device=device))
+    probabilities = torch.softmax(logits[0].float(), dim=-1).cpu().numpy()
+    return weights[0].float().clamp(0.0, 1.0).cpu().numpy(), probabilities
