@@ -251,14 +251,13 @@ class Engine:
             raise UserError("the tensorrt backend runs an exported engine: build one with "
                             "`emotalk-export --backend tensorrt --out DIR` and load DIR")
         hop = frames_from_ms(hop_ms, "hop", 1)
-        if lookahead_ms is not None:
-            frames_from_ms(lookahead_ms, "look-ahead", 0)
+        wanted = None if lookahead_ms is None else frames_from_ms(lookahead_ms, "look-ahead", 0)
         named = source if isinstance(source, (str, Path)) else "in memory"
-        require_training(f"running the checkpoint {named} at these settings (the bundled engine, hop 20 ms and "
-                         f"look-ahead 40 ms, runs without it)")
+        require_training(f"running the checkpoint {named} (the bundled engine, --model default at its own hop "
+                         f"and look-ahead, runs without it)")
         from .torch_backend import checkpoint_model, prototype_labels, step_backend
         model, digest = checkpoint_model(source, device if backend == "torch" else "cpu")
-        lookahead = model.cfg.lookahead if lookahead_ms is None else lookahead_ms // ENCODER_FRAME_MS
+        lookahead = model.cfg.lookahead if wanted is None else wanted
         if backend == "onnxruntime":
             if model.cfg.content.kind != "streaming":
                 raise UserError(f"model family {model.cfg.family!r} streams with sliding windows on the torch "
@@ -283,7 +282,7 @@ class Engine:
                                 f"with emotalk-export --hop-ms/--lookahead-ms, or pass a checkpoint")
             return cls.from_artifact(source, backend, threads)
         if str(source) == "default" and backend in (None, "onnxruntime") and device == "cpu" \
-                and _bundled_engine_has(hop_ms, lookahead_ms):
+                and bundled_engine_has(hop_ms, lookahead_ms):
             return cls.from_artifact("default", backend, threads)
         return cls.from_checkpoint(source, backend or "torch", hop_ms or 20, lookahead_ms, device, threads)
 
@@ -400,8 +399,9 @@ def _check_threads(threads: int | None) -> None:
         raise UserError(f"{threads} engine threads: give 1 or more (--threads N)")
 
 
-def _bundled_engine_has(hop_ms: int | None, lookahead_ms: int | None) -> bool:
-    """Whether the bundled artifact was exported at these settings (None: whatever it has)."""
+def bundled_engine_has(hop_ms: int | None, lookahead_ms: int | None) -> bool:
+    """Whether the bundled artifact was exported at these settings (None: whatever it has), so that
+    "default" runs it without PyTorch."""
     try:
         manifest = json.loads((DEFAULT_ENGINE / artifact.MANIFEST_FILE).read_text())
     except (OSError, ValueError):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "data"
-    corpus.generate(out, 0.1, seed=5, workers=1, progress=False)
+    corpus.generate(out, 0.1, seed=5, workers=2, progress=False)
     return out
 
 

