@@ -334,8 +334,10 @@ CASES = [
     # checkpoints and artifacts of another shape or version: one line, exit 2
     Case("model", "config.json of another size than its weights", "`checkpoint D: ...: the weights do not match config.json`",
          folder_flag("--model", checkpoint_of_another_size, r"the weights do not match config\.json")),
-    Case("model", "manifest format_version 1", "`engine artifact D has format version 1, this emotalk-stream reads 2`",
-         folder_flag("--engine", lambda d: manifest(d, format_version=1), r"has format version 1, this emotalk-stream reads")),
+    Case("model", "manifest format_version 1",
+         f"`engine artifact D has format version 1, this emotalk-stream reads {ARTIFACT_VERSION}`",
+         folder_flag("--engine", lambda d: manifest(d, format_version=1),
+                     rf"has format version 1, this emotalk-stream reads {ARTIFACT_VERSION}")),
     Case("model", "manifest with a changed file hash", "`D/model.onnx does not match its manifest`",
          folder_flag("--engine", changed_onnx_hash, r"model\.onnx does not match its manifest")),
     Case("model", "manifest that is not JSON", "`cannot read engine manifest D/manifest.json: ...`",

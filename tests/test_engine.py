@@ -14,7 +14,7 @@ from emotalk_stream.engine.engine import Controls, Engine
 from emotalk_stream.engine.export import main as export_main
 from emotalk_stream.training import config
 from emotalk_stream.training.audio import read_audio
-from emotalk_stream.training.checkpoint import load_model
+from emotalk_stream.training.checkpoint import load_model, save_checkpoint
 from emotalk_stream.training.model_files import DEFAULT_ENGINE, DEFAULT_MODEL, SAMPLE_SPEECH, model_hash
 from emotalk_stream.training.config import EncoderConfig
 from emotalk_stream.training.errors import UserError
@@ -235,12 +235,32 @@ def test_artifacts_that_do_not_match_are_refused(onnx_engine_dir: Path, tmp_path
         Engine.from_artifact(tmp_path / "junk")
 
 
+def _narrow_small_checkpoint(folder: Path) -> Path:
+    """A `small`-family checkpoint one layer deep and narrow, with a "happy" prototype: the same
+    export path as the bundled model's in a fraction of the tracing time (the bundled artifact, an
+    export of the real model, is checked against the checkpoint above)."""
+    enc = EncoderConfig(kind="streaming", hidden=32, layers=1, heads=2, ffn=48, n_mels=16, left_context=20)
+    cfg = dataclasses.replace(config.small(), content=enc, emotion=dataclasses.replace(enc, left_context=30),
+                              content_dim=16, emotion_dim=8, level_dim=4, person_dim=4, decoder_ffn=24,
+                              decoder_past=12)
+    torch.manual_seed(0)
+    model = EmoTalk(cfg).eval()
+    model.emotion_prototypes[cfg.emotion_labels.index("happy")] = 0.5
+    return save_checkpoint(model, folder)
+
+
 def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert export_main(["--out", str(tmp_path / "e"), "--hop-ms", "40", "--lookahead-ms", "80", "--max-streams", "4"]) == 0
+    narrow = _narrow_small_checkpoint(tmp_path / "narrow")
+    assert export_main(["--model", str(narrow), "--out", str(tmp_path / "e"), "--hop-ms", "40", "--lookahead-ms", "80",
+                        "--max-streams", "4"]) == 0
     manifest = artifact.read_manifest(tmp_path / "e")
     assert (manifest.hop_ms, manifest.lookahead_ms, manifest.max_streams) == (40, 80, 4)
     assert set(manifest.files) == {artifact.ONNX_FILE}
     assert "happy" in manifest.prototype_labels
+    clip, controls = read_audio(SAMPLE, 16000)[:16000], Controls(emotion="happy:0.5")
+    exported = Engine.from_artifact(tmp_path / "e").process([clip], controls)[0]
+    reference = Engine.from_checkpoint(narrow, "torch", hop_ms=40, lookahead_ms=80).process([clip], controls)[0]
+    assert exported.shape == reference.shape == (30, 52) and np.abs(exported - reference).max() <= 1e-3
     capsys.readouterr()
     assert export_main(["--out", str(tmp_path / "f"), "--hop-ms", "30"]) == 2
     assert export_main(["--out", str(tmp_path / "g"), "--fp16"]) == 2

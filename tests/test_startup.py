@@ -72,8 +72,17 @@ def test_venv_size_needs_a_source_checkout(monkeypatch: pytest.MonkeyPatch,
     assert "source checkout" in captured.err
 
 
+def test_the_bench_hands_startup_to_this_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    from emotalk_stream.tools.bench import main as bench_main
+    calls = []
+    monkeypatch.setattr(startup, "run_startup", lambda as_json, venv_size: calls.append((as_json, venv_size)))
+    assert bench_main(["--startup", "--json", "--venv-size"]) == 0 and calls == [(True, True)]
+
+
 def test_startup_json() -> None:
-    done = subprocess.run([sys.executable, "-m", "emotalk_stream.tools.bench", "--startup", "--json"],
+    # The module itself, as `python -m` runs it where only the runtime is installed (the bench's own
+    # imports would add PyTorch's start-up to this test, not to the figures).
+    done = subprocess.run([sys.executable, "-m", "emotalk_stream.tools.startup", "--json"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "emotalk-bench:" not in done.stderr  # no progress lines where stderr is not a terminal

@@ -118,7 +118,7 @@ def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float) -> Ta
 
 def _run_torch(args: argparse.Namespace, audio: np.ndarray, level: float) -> Take:
     """The checkpoint's full-context forward pass in PyTorch."""
-    require_training(f"{PROG} --backend torch")
+    require_training(f"{PROG} on the checkpoint {args.model} (its full-context PyTorch pass)")
     from .checkpoint import load_model
     from .offline import infer
     model = load_model(args.model, args.device)
