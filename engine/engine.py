@@ -216,8 +216,8 @@ class Engine:
     @classmethod
     def from_artifact(cls, folder: str | Path = "default", backend: str | None = None,
                       threads: int | None = None) -> "Engine":
-        """An engine artifact from emotalk-export ("default": the bundled model's, hop 20 ms,
-        look-ahead 40 ms) on ONNX Runtime, or on TensorRT where it holds a plan."""
+        """An engine artifact from emotalk-export ("default": the bundled model's, at the hop and
+        look-ahead its manifest names) on ONNX Runtime, or on TensorRT where it holds a plan."""
         _check_threads(threads)
         folder = DEFAULT_ENGINE if str(folder) == "default" else Path(folder)
         if not artifact.is_artifact(folder):

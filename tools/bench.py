@@ -23,6 +23,7 @@ import numpy as np
 from ..engine.artifact import read_manifest
 from ..engine.backends import BACKENDS
 from ..engine.engine import Controls, Engine
+from ..engine.interface import ENCODER_FRAME_MS
 from ..training.audio import read_audio
 from ..training.checkpoint import load_model
 from ..training.model_files import SAMPLE_SPEECH, model_hash, resolve_checkpoint
@@ -149,7 +150,7 @@ def streaming_gap(engine: Engine, model: EmoTalk, clips: list[ClipInfo]) -> dict
     stream_mae, offline_mae = pooled(streamed), pooled(offline)
     return {"streaming_gap": stream_mae / offline_mae - 1.0, "lip_mae_streaming": stream_mae,
             "lip_mae_offline": offline_mae, "gap_clips": len(clips),
-            "offline_lookahead_ms": cfg.lookahead * 20}
+            "offline_lookahead_ms": cfg.lookahead * ENCODER_FRAME_MS}
 
 
 def build_parser() -> argparse.ArgumentParser:

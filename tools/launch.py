@@ -10,14 +10,14 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from ..training.errors import TRAINING_MODULES, missing_modules, package_version
+from ..training.errors import TRAINING_MODULES, missing_modules, version_line
 
 
 def _entry(prog: str, module: str, needs: tuple[str, ...] = TRAINING_MODULES,
            extra: str = "train") -> Callable[[], int]:
     def main() -> int:
         if "--version" in sys.argv[1:]:
-            print(f"{prog} {package_version()}")
+            print(version_line(prog))
             return 0
         problem = missing_modules(needs, extra)
         if problem:

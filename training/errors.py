@@ -34,6 +34,11 @@ def package_version() -> str:
         return "unknown (not installed: pip install .)"
 
 
+def version_line(prog: str) -> str:
+    """What every command's --version prints."""
+    return f"{prog} {package_version()}"
+
+
 def missing_modules(names: tuple[str, ...], extra: str) -> str | None:
     """Why `names` cannot be imported here and the install that fixes it, or None when they can."""
     missing = [name for name in names if importlib.util.find_spec(name) is None]
@@ -61,7 +66,7 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        print(f"{parser.prog} {package_version()}")
+        print(version_line(parser.prog))
         parser.exit(0)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.interface import ENCODER_FRAME_MS
 from .audio import SAMPLE_RATE, read_audio
 from .control_values import parse_emotion, parse_level, parse_person
 from .errors import UserError, add_debug_flag, require_training, run_cli
@@ -22,7 +23,6 @@ from .livelink_csv import write_csv
 
 PROG = "emotalk-infer"
 OUTPUT_SUFFIXES = (".npy", ".csv")
-FRAME_MS = 20  # one encoder frame: the unit of --lookahead
 
 
 @dataclass
@@ -100,15 +100,18 @@ def _runs_on_engine(args: argparse.Namespace) -> bool:
     from ..engine.engine import bundled_engine_has
     if args.backend is not None:
         return args.backend == "onnxruntime"
-    lookahead_ms = None if args.lookahead is None else args.lookahead * FRAME_MS
-    return is_artifact(args.model) or (args.model == "default" and bundled_engine_has(None, lookahead_ms))
+    return is_artifact(args.model) or (args.model == "default" and bundled_engine_has(None, _lookahead_ms(args)))
+
+
+def _lookahead_ms(args: argparse.Namespace) -> int | None:
+    """--lookahead counts 20 ms encoder frames; the engine takes milliseconds."""
+    return None if args.lookahead is None else args.lookahead * ENCODER_FRAME_MS
 
 
 def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float) -> Take:
     """The streaming engine on the whole file: the same frames as offline inference, no PyTorch."""
     from ..engine import Controls, Engine
-    lookahead_ms = None if args.lookahead is None else args.lookahead * FRAME_MS
-    engine = Engine.load(args.model, "onnxruntime", lookahead_ms=lookahead_ms)
+    engine = Engine.load(args.model, "onnxruntime", lookahead_ms=_lookahead_ms(args))
     controls = Controls(level=level, person=args.person, emotion=args.emotion)
     engine.resolve_controls(controls)  # a bad emotion or person is refused before any work
     [(weights, probabilities)] = engine.process_with_emotion([audio], controls)

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.interface import ENCODER_FRAME_MS
 from .blendshapes import INDEX, NAMES
 from .errors import UserError
 from .voices import SILENCE, Aligner, Clip, Phone, find_clips, phones
@@ -427,7 +428,7 @@ def run(args: argparse.Namespace) -> None:
     if args.engine is not None:
         engine, name = Engine.from_artifact(args.engine), str(args.engine)
     else:
-        lookahead_ms = None if args.lookahead is None else args.lookahead * 20
+        lookahead_ms = None if args.lookahead is None else args.lookahead * ENCODER_FRAME_MS
         engine = Engine.load(args.model, lookahead_ms=lookahead_ms, device=args.device)
         name = str(args.model)
     result = {"model": name, **evaluate_voices(engine, clips)}
