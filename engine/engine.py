@@ -26,14 +26,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..training.blendshapes import COUNT, REGIONS
+from ..training.calibration import softmax
 from ..training.config import ModelConfig
-from ..training.control_values import check_prototype, parse_emotion, parse_level, parse_person
+from ..training.control_values import check_prototype, default_emotion, parse_emotion, parse_level, parse_person
 from ..training.errors import UserError, require_training
 from ..training.framing import frame_count
+from ..training.input_level import LevelNormaliser
 from ..training.model_files import DEFAULT_ENGINE
 from . import artifact
 from .backends import Backend, OnnxRuntimeBackend, batches, require_backend
 from .interface import ENCODER_FRAME_MS, NEVER, PREROLL, audio_end_frame, frames_from_ms
+from .voice_activity import VoiceActivity, VoiceActivityModel, advance_all, gate_articulation
 
 if TYPE_CHECKING:  # the model class only names a type here: the runtime never imports PyTorch
     from ..training.model import EmoTalk
@@ -55,8 +58,9 @@ class Controls:
 
     level: float | str = 1.0  # emotion level: "low" (0), "high" (1) or a blend between
     person: int = 0  # speaking style, one of the model's training speakers
-    emotion: str = "auto"  # "auto" (from the voice) or LABEL[:STRENGTH], e.g. "happy:0.7"
+    emotion: str | None = None  # "auto" (from the voice), LABEL[:STRENGTH] ("happy:0.7"), None: calm
     gains: Mapping[str, float] = field(default_factory=dict)  # region (mouth, jaw, brow, ...) -> factor
+    voice_gate: bool = True  # close the jaw and lips where the voice-activity detector hears no speech
 
 
 @dataclass
@@ -68,6 +72,7 @@ class _Resolved:
     emotion: np.ndarray
     strength: float
     gains: np.ndarray | None
+    voice_gate: bool
 
 
 class Stream:
@@ -86,6 +91,8 @@ class Stream:
         self._audio_end = NEVER
         self.frames_decoded = 0
         self._frames: deque[Frame] = deque()
+        self._gain_control = LevelNormaliser() if engine.cfg.input_level == "agc" else None
+        self._voice = VoiceActivity(engine.voice_model)  # always runs, so the gate can be switched on live
         self.emotion_logits: np.ndarray | None = None
         self.error: str | None = None  # why the engine failed on this stream; it then stops
         self.closed = False
@@ -115,6 +122,9 @@ class Stream:
         if bad.any():  # NaN/inf from a broken source become silence, counted
             self.nonfinite_samples += int(bad.sum())
             samples = np.where(bad, 0.0, samples).astype(np.float32)
+        self._voice.accept(samples, run=False)
+        if self._gain_control is not None:
+            samples = self._gain_control.process(samples)
         if self._start + self._pending + len(samples) > len(self._buffer):
             # Move the unread samples to the front (and grow), so each sample is copied O(1) times.
             size = max(len(self._buffer), 2 * (self._pending + len(samples)))
@@ -131,6 +141,7 @@ class Stream:
         if self._finished:
             return
         self._finished = True
+        self._voice.finish(run=False)
         cfg = self._engine.cfg
         self._total_frames = frame_count(self.samples_received, cfg.sample_rate, cfg.fps)
         self._audio_end = audio_end_frame(self.samples_received, self._engine.lookahead_frames, cfg.fps, cfg.sample_rate)
@@ -146,11 +157,11 @@ class Stream:
             yield self._frames.popleft()
 
     def emotion_probabilities(self) -> np.ndarray | None:
-        """The voice's emotion so far (softmax over `engine.cfg.emotion_labels`), None before any step."""
+        """The voice's emotion so far (calibrated softmax over `engine.cfg.emotion_labels`), None
+        before any step."""
         if self.emotion_logits is None:
             return None
-        z = np.exp(self.emotion_logits - self.emotion_logits.max())
-        return z / z.sum()
+        return softmax(self.emotion_logits, self._engine.cfg.emotion_temperature)
 
     def close(self) -> None:
         """Free the stream's state slot for another stream."""
@@ -178,6 +189,9 @@ class Stream:
         gains, fps = self._resolved.gains, self._engine.cfg.fps
         if gains is not None:
             weights = np.clip(weights * gains, 0.0, 1.0)
+        if self._resolved.voice_gate and len(weights):
+            frames = np.arange(self.frames_decoded, self.frames_decoded + len(weights))
+            weights = gate_articulation(weights, self._voice.probabilities, frames, fps, self._engine.lookahead_ms)
         for row in weights:
             index = self.frames_decoded
             self.frames_decoded += 1
@@ -200,6 +214,7 @@ class Engine:
         self.sample_rate = cfg.sample_rate
         self.hop_samples = hop_frames * ENCODER_FRAME_MS * cfg.sample_rate // 1000
         self.preroll = preroll  # zeros the step expects before a stream's first sample
+        self.voice_model = VoiceActivityModel.shared()
         self._free: list[int] = []
         self._next_slot = 0
 
@@ -307,7 +322,7 @@ class Engine:
         person = np.zeros(cfg.n_persons, dtype=np.float32)
         person[parse_person(controls.person, cfg.n_persons)] = 1.0
         emotion = np.zeros(len(cfg.emotion_labels), dtype=np.float32)
-        label, strength = parse_emotion(controls.emotion, cfg.emotion_labels)
+        label, strength = parse_emotion(self.emotion_setting(controls), cfg.emotion_labels)
         if label is not None:
             check_prototype([name in self.prototype_labels for name in cfg.emotion_labels], cfg.emotion_labels, label)
             emotion[label] = 1.0
@@ -320,7 +335,14 @@ class Engine:
                 if not (isinstance(gain, (int, float)) and math.isfinite(gain) and 0.0 <= gain <= 4.0):
                     raise UserError(f"gain {gain!r} for {region} is not a number from 0 to 4")
                 gains[list(REGIONS[region])] *= float(gain)
-        return _Resolved(level, person, emotion, strength, gains)
+        return _Resolved(level, person, emotion, strength, gains, bool(controls.voice_gate))
+
+    def emotion_setting(self, controls: Controls) -> str:
+        """The emotion control in effect: the one given, or this model's default (a calm face)."""
+        if controls.emotion is not None:
+            return controls.emotion
+        present = [name in self.prototype_labels for name in self.cfg.emotion_labels]
+        return default_emotion(self.cfg.emotion_labels, present)
 
     # -- decoding --
 
@@ -343,6 +365,7 @@ class Engine:
                 "emotion_strength": np.array([c.strength for c in controls], dtype=np.float32),
                 "audio_end": np.array([s._audio_end for s in group], dtype=np.int64),
             }
+            advance_all([s._voice for s in group])
             for members, outputs in self._run_isolated(slots, group, inputs):
                 for i, stream in enumerate(members):
                     n = int(outputs["n_frames"][i])

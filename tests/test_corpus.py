@@ -15,6 +15,7 @@ import soundfile
 from emotalk_stream.training import blendshapes, corpus, espeak, expressions, sentences, visemes
 from emotalk_stream.training.config import RAVDESS_EMOTIONS
 from emotalk_stream.training.errors import UserError
+from label_checks import assert_bilabials_close_the_lips
 
 try:
     espeak.default_espeak()
@@ -25,7 +26,6 @@ HOURS = 0.02  # three sentences, 24 clips
 SEED = 7
 RATE = expressions.SAMPLE_RATE
 JAW = blendshapes.INDEX["jawOpen"]
-PRESS = [blendshapes.INDEX["mouthPressLeft"], blendshapes.INDEX["mouthPressRight"]]
 
 
 def _rows(root: Path) -> list[dict[str, str]]:
@@ -105,20 +105,7 @@ def test_same_seed_same_bytes_with_two_workers(root: Path, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_bilabials_close_the_lips(root: Path) -> None:
-    closed, open_vowels = [], []
-    for _, _, labels, alignment in _clips(root):
-        for start, end, name in alignment:
-            frame = int(round((start + end) / 2 * 30))
-            if name in visemes.BILABIALS:
-                closed.append(labels[frame])
-            elif visemes.visemes_of(name) == ("AA",) and end - start > 0.06:
-                open_vowels.append(labels[frame])
-    closed, open_vowels = np.array(closed), np.array(open_vowels)
-    assert len(closed) >= 10 and len(open_vowels) >= 5
-    assert closed[:, PRESS].mean() > 0.3 and closed[:, JAW].mean() < 0.15
-    assert np.median(closed[:, JAW]) < np.median(open_vowels[:, JAW]) - 0.15
-    close = blendshapes.INDEX["mouthClose"]
-    assert closed[:, close].mean() > open_vowels[:, close].mean() + 0.1
+    assert_bilabials_close_the_lips((labels, alignment) for _, _, labels, alignment in _clips(root))
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def test_figures_on_a_fresh_corpus(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_real_speech_moves_the_mouth_and_silence_closes_it(model, name: str) -> None:
     voice = read_audio(ALSA_VOICES / name)  # a human voice, 48 kHz in the file
     # A second of room silence on each side: a -70 dBFS noise floor, as any microphone has (exact
-    # digital zeros at the start of a stream are a known weakness, see the limitations in docs/results.md).
+    # digital zeros: tests/test_voice_gate.py).
     audio = np.concatenate([np.zeros(16000, np.float32), voice, np.zeros(16000, np.float32)])
     audio += 3e-4 * np.random.default_rng(0).standard_normal(len(audio)).astype(np.float32)
     with torch.inference_mode():

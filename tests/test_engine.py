@@ -50,7 +50,7 @@ def _offline(model: EmoTalk, clip: np.ndarray, lookahead: int, **controls) -> np
 @pytest.mark.parametrize("hop_ms,lookahead_ms", [(20, 0), (20, 40), (40, 80), (100, 120), (60, 20)])
 def test_streaming_equals_offline_inference(model: EmoTalk, clips: list[np.ndarray], hop_ms: int, lookahead_ms: int) -> None:
     engine = Engine.from_checkpoint(model, "torch", hop_ms=hop_ms, lookahead_ms=lookahead_ms)
-    streamed = engine.process(clips, Controls(level=0.3, person=5))
+    streamed = engine.process(clips, Controls(level=0.3, person=5, emotion="auto"))
     for clip, out in zip(clips, streamed):
         reference = _offline(model, clip, lookahead_ms // 20, level=0.3, person=5)
         assert out.shape == reference.shape == (frame_count(len(clip)), 52)
@@ -91,7 +91,7 @@ def test_freed_slots_are_reused_out_of_order(model: EmoTalk, clips: list[np.ndar
     for engine in (Engine.from_checkpoint(model, "torch", lookahead_ms=40), Engine.from_artifact(onnx_engine_dir)):
         streams = [engine.create_stream() for _ in range(3)]
         streams[1].close()
-        streams[1] = engine.create_stream(Controls(person=7))  # takes the freed slot back
+        streams[1] = engine.create_stream(Controls(person=7, emotion="auto"))  # takes the freed slot back
         streams[0].close()
         assert sorted(s.slot for s in streams[1:]) == [1, 2]
         for stream, clip in zip(streams[1:], clips[1:]):
@@ -106,7 +106,7 @@ def test_freed_slots_are_reused_out_of_order(model: EmoTalk, clips: list[np.ndar
 def test_controls_change_between_steps(model: EmoTalk, clips: list[np.ndarray]) -> None:
     engine = Engine.from_checkpoint(model, "torch")
     clip = np.tile(clips[0], 2)  # 10 s, so the decoder's 2 s memory of the old controls runs out
-    stream = engine.create_stream(Controls(level="low"))
+    stream = engine.create_stream(Controls(level="low", emotion="auto"))
     half = len(clip) // 4
     stream.accept_waveform(16000, clip[:half])
     while engine.is_ready(stream):

@@ -159,8 +159,9 @@ def test_controls_change_the_face(models: dict[str, Path], speech: Path, tmp_pat
         assert infer_main([str(speech), "--model", str(models["trained"]), "--out", str(out), *extra]) == 0
         return np.load(out)
 
-    auto = run()
+    auto = run("--emotion", "auto")
     np.testing.assert_array_equal(run("--emotion", "happy:0"), auto)  # strength 0 leaves the voice's emotion
+    np.testing.assert_array_equal(run(), run("--emotion", "calm"))  # the default: a calm face
     assert not np.allclose(run("--emotion", "happy"), auto)
     assert not np.allclose(run("--level", "low"), auto)
     assert not np.allclose(run("--person", "5"), auto)

@@ -129,3 +129,30 @@ def test_emotion_transfer_of_identical_audio_is_self_reconstruction(tiny_corpus:
     assert transfer["transfer_upper_mae"] == pytest.approx(own["upper_mae"], rel=1e-5)
     other = emotion_transfer(model, [a, b])  # real emotion transfer differs
     assert other["transfer_lip_mae"] != pytest.approx(own["lip_mae"], rel=1e-3)
+
+
+def test_augmented_batches_keep_their_shape_and_follow_the_seed(tiny_corpus: Path) -> None:
+    cfg = config.small()
+    clips = trainer.load_clips(by_split(load_folder(tiny_corpus), "train")[:4], cfg, "", quiet=True)
+    pairs = [(clips[0], clips[1]), (clips[2], clips[3])]
+    clean = trainer.collate(pairs, 30, None)
+    first, again = (trainer.collate(pairs, 30, np.random.default_rng(7)) for _ in range(2))
+    assert first.audio_a.shape == clean.audio_a.shape and torch.equal(first.labels_a, clean.labels_a)
+    assert torch.equal(first.audio_a, again.audio_a) and not torch.equal(first.audio_a, clean.audio_a)
+
+
+def test_two_folders_train_together_and_every_kept_model_is_finalised(tiny_corpus: Path, tmp_path: Path) -> None:
+    flite = tmp_path / "flite"
+    corpus.generate(flite, 0.07, seed=5, workers=2, progress=False, voices="flite")
+    clips = trainer.load_corpora([str(tiny_corpus), str(flite)])
+    for group in pair_groups(clips):  # pairs never join two folders' sentences
+        assert len({clips[i].content.split("/")[0] for i in group}) == 1
+    run = tmp_path / "run"
+    argv = ["--data", str(tiny_corpus), str(flite), "--out", str(run), "--batch-size", "4", "--quiet",
+            "--epochs", "1", "--snapshot-epochs", "1"]
+    assert trainer.main(argv) == 0
+    best, snapshot = load_model(run / "best"), load_model(run / "epoch-1")
+    assert best.cfg.emotion_temperature != 1.0 and best.cfg.extra["data"] == [str(tiny_corpus), str(flite)]
+    assert snapshot.cfg.emotion_temperature == best.cfg.emotion_temperature  # one epoch: the same weights
+    assert torch.equal(snapshot.emotion_prototypes, best.emotion_prototypes)
+    assert (best.emotion_prototypes.abs().sum(dim=1) > 0).sum() >= 4

@@ -18,7 +18,8 @@ from emotalk_stream.training import evaluate
 from emotalk_stream.training.blendshapes import COUNT, INDEX
 from emotalk_stream.training.voices import (SILENCE, Phone, _transcripts, default_cache, find_clips,
                                             missing_sources, read_hts_labels)
-from emotalk_stream.training.voices_eval import (CLOSED_APERTURE, TARGETS, bilabial_closure, digital_silence_frames,
+from emotalk_stream.training.voices_eval import (CLOSED_APERTURE, TARGETS, bilabial_closure, close_after_speech,
+                                                 confident_not_calm, digital_silence_frames,
                                                  jaw_loudness_r, lips_closed, loudness_envelope, meets, p90,
                                                  pearson, quieter, room_silence_frames, top_emotion, upper_max,
                                                  white_noise)
@@ -55,6 +56,20 @@ def test_a_face_whose_mouth_close_is_up_during_every_bilabial_closes_them_all() 
         if phone.label in "pbm":
             weights[frames_of(phone), CLOSE] = 1.0
     assert bilabial_closure(weights, PHONES) == (3, 3)
+
+
+def test_closing_after_speech_is_the_delay_to_the_first_closed_frame_after_the_last_phone() -> None:
+    weights = face(45)  # the last spoken phone, b, ends at 1.08 s
+    weights[34:, JAW] = 0.0  # closed from frame 34 (1.133 s)
+    assert close_after_speech(weights, PHONES) == pytest.approx(34 / FPS - 1.08)
+    assert close_after_speech(face(45), PHONES) is None  # never closes before the clip ends
+    assert close_after_speech(face(45), [Phone(SILENCE, 0.0, 1.5)]) is None
+
+
+def test_confident_not_calm_counts_only_confident_emotions_other_than_neutral_or_calm() -> None:
+    rows = [{"emotion": "happy", "emotion_p": 0.6}, {"emotion": "sad", "emotion_p": 0.4},
+            {"emotion": "calm", "emotion_p": 0.9}, {"emotion": None, "emotion_p": None}]
+    assert confident_not_calm(rows, "emotion") == 1
 
 
 def test_an_open_jaw_without_mouth_close_closes_none_and_a_jaw_at_rest_closes_all() -> None:
@@ -179,8 +194,9 @@ def test_top_emotion_and_the_largest_expressive_upper_face_weight() -> None:
 def test_meets_reads_each_target_with_its_bounds() -> None:
     good = {"bilabial_closure": 0.9, "jaw_loudness_r": 0.75, "jaw_digital_silence_p90": 0.0,
             "jaw_room_silence_p90": 0.02, "jaw_noise_p90": 0.05, "quiet_r": 0.95, "quiet_ratio": 1.0,
-            "upper_max": 0.1, "confident_not_calm": 0}
+            "close_after_speech_s": 0.1, "upper_max": 0.1, "confident_not_calm": 0}
     assert set(good) == set(TARGETS) and all(meets(good).values())
+    assert not meets({**good, "close_after_speech_s": 0.12})["close_after_speech_s"]
     assert not meets({**good, "quiet_ratio": 1.3})["quiet_ratio"]
     assert not meets({**good, "confident_not_calm": 1})["confident_not_calm"]
     assert not meets({**good, "bilabial_closure": None})["bilabial_closure"]
@@ -254,6 +270,8 @@ def test_the_bundled_model_on_the_real_voices_gives_a_complete_finite_report(
     assert overall["speech_clips"] >= 20 and overall["noise_clips"] == 2 and overall["bilabials"] >= 30
     assert overall["room_silence_frames"] > 0 and overall["speech_seconds"] > 50
     assert sum(overall["emotions"].values()) == overall["speech_clips"]
+    assert report["controls"] == {"emotion": "calm", "voice_gate": True}  # the defaults a user gets
+    assert {c["emotion_shown"] for c in report["clips"]} == {"calm"} and overall["confident_not_calm"] == 0
     names = [c["name"] for c in report["clips"]]
     assert len(set(names)) == len(names) and {"alsa/Noise", "synthetic/white_noise", "arctic/slt_a0009"} <= set(names)
     for clip in report["clips"]:

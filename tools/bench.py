@@ -139,7 +139,7 @@ def streaming_gap(engine: Engine, model: EmoTalk, clips: list[ClipInfo]) -> dict
     cfg = model.cfg
     audio = [read_audio(c.wav, cfg.sample_rate) for c in clips]
     labels = [read_labels(c.labels) for c in clips]
-    controls = [Controls(level=float(c.level), person=c.person) for c in clips]
+    controls = [Controls(level=float(c.level), person=c.person, emotion="auto") for c in clips]  # as infer()
     streamed = engine.process(audio, controls)
     offline = [infer(model, a, level=float(c.level), person=c.person)[0] for a, c in zip(audio, clips)]
 

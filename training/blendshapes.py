@@ -44,6 +44,12 @@ REGIONS: dict[str, tuple[int, ...]] = {
     "tongue": (INDEX["tongueOut"],),
 }
 
+# The channels that speak: jaw, lips and tongue, without the mouth's expressions (smile, frown,
+# dimple), which may stay in a pause. The voice-activity gate closes these where nobody speaks.
+ARTICULATION: tuple[int, ...] = tuple(
+    i for i in REGIONS["jaw"] + REGIONS["mouth"] + REGIONS["tongue"]
+    if not NAMES[i].startswith(("mouthSmile", "mouthFrown", "mouthDimple")))
+
 # Head and eye rotations that Live Link Face appends after the 52 shapes (PascalCase).
 ROTATIONS: tuple[str, ...] = (
     "HeadYaw", "HeadPitch", "HeadRoll",

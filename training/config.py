@@ -13,6 +13,7 @@ from typing import Any
 
 from .blendshapes import NAMES
 from .errors import UserError
+from .input_level import MODES
 
 RAVDESS_EMOTIONS: tuple[str, ...] = (
     "neutral", "calm", "happy", "sad", "angry", "fearful", "disgusted", "surprised",
@@ -66,8 +67,15 @@ class ModelConfig:
     fps: int = 30
     blendshapes: tuple[str, ...] = NAMES
     emotion_labels: tuple[str, ...] = RAVDESS_EMOTIONS
+    emotion_temperature: float = 1.0  # divides the emotion logits: fitted on held-out voices (calibration)
+    input_level: str = "raw"  # "agc": the audio passes `input_level.LevelNormaliser` first (gain-free)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # provenance: corpus, seed, metrics
+
+    def __post_init__(self) -> None:
+        if self.input_level not in MODES:
+            raise UserError(f"model config has input_level {self.input_level!r}, not one of {MODES}: "
+                            "it was written by another version")
 
     @property
     def d_model(self) -> int:
@@ -129,7 +137,7 @@ def small() -> ModelConfig:
         content=EncoderConfig(kind="streaming", hidden=192, layers=4, heads=4, ffn=384, left_context=100),
         emotion=EncoderConfig(kind="streaming", hidden=128, layers=3, heads=4, ffn=256, left_context=150),
         content_dim=128, emotion_dim=64, level_dim=16, person_dim=16,
-        decoder_heads=4, decoder_ffn=224, decoder_past=60,
+        decoder_heads=4, decoder_ffn=224, decoder_past=60, input_level="agc",
     )
 
 

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from .errors import UserError
 
 LEVELS = {"low": 0.0, "high": 1.0}
+# The face shown unless the user picks an emotion: the first of these the model has a prototype for
+# (docs/model.md#emotion: on real voices the detected emotion is not yet right often enough to show).
+CALM_FACES = ("calm", "neutral")
+DEFAULT_EMOTION_HELP = "calm, or auto for a model without emotion prototypes"
 # RAVDESS (our corpus) and the official classifier spell three emotions differently.
 _SAME_EMOTION = {"disgust": "disgusted", "fear": "fearful", "surprise": "surprised"}
 
@@ -47,6 +51,15 @@ def parse_emotion(text: str, labels: Sequence[str]) -> tuple[int | None, float]:
         raise UserError(f"emotion strength {strength_text!r} is not a number between 0 and 1, "
                         f"e.g. {labels[index]}:0.7")
     return index, strength
+
+
+def default_emotion(labels: Sequence[str], present: Sequence[bool]) -> str:
+    """The emotion control's default for a model: a calm face where it has one, else the voice's."""
+    for name in CALM_FACES:
+        index = emotion_index(name, labels)
+        if index is not None and present[index]:
+            return labels[index]
+    return "auto"
 
 
 def parse_level(text: str | float) -> float:

@@ -6,8 +6,13 @@ its own phoneme events. Each sentence is spoken by 2 persons with 4 emotions eac
 gives the cross-reconstruction pairs (same content and person, different emotion) that EmoTalk
 trains on. Splits are by sentence, 80/10/10, so validation and test content is unseen.
 
+With --voices flite the same sentences, persons (face styles), emotions and splits are spoken by
+flite's voices instead (training/flite.py; two different voices per sentence, one per person), and
+metadata.csv gains a `voice` column. Clips of the held-out voice (HELD_OUT_VOICE) get split
+`xvoice`, never train or val: a test on a voice the model has not heard.
+
 Layout of DIR:
-    metadata.csv     clip,content,emotion,level,person,split,frames,seconds,sentence
+    metadata.csv     clip,content,emotion,level,person,split,frames,seconds,sentence[,voice]
     corpus.json      generator settings and counts
     clips/{clip}.wav          16 kHz mono PCM16
     clips/{clip}.npy          (T, 52) float32, EmoTalk order, frame k at k/30 s
@@ -39,7 +44,7 @@ import torch
 import torchaudio.functional as AF
 from tqdm import tqdm
 
-from . import blendshapes, visemes
+from . import blendshapes, flite, visemes
 from .config import RAVDESS_EMOTIONS
 from .errors import UserError, add_debug_flag, run_cli
 from .espeak import Espeak, default_espeak
@@ -50,6 +55,9 @@ CORPUS_VERSION = 1
 FPS = visemes.FPS
 COLUMNS = ("clip", "content", "emotion", "level", "person", "split", "frames", "seconds", "sentence")
 SPLITS = ("train", "val", "test")
+ENGINES = ("espeak", "flite")
+HELD_OUT_VOICE = "awb"  # the flite voice kept out of training: its clips are split "xvoice"
+XVOICE = "xvoice"
 PERSONS_PER_SENTENCE = 2
 EMOTIONS_PER_PERSON = 4
 SILENCE_S = (0.15, 0.6)  # leading and trailing silence, each drawn from this range
@@ -59,7 +67,7 @@ NOISE_RMS = 3e-4  # the noise floor under the whole clip (about -70 dBFS)
 class Clip(NamedTuple):
     audio: np.ndarray  # float32 16 kHz mono in [-1, 1]
     labels: np.ndarray  # (T, 52) float32 in [0, 1], T = ceil(len(audio) / 16000 * 30)
-    phonemes: list[tuple[float, float, str]]  # espeak-ng phoneme events, seconds in the clip
+    phonemes: list[tuple[float, float, str]]  # the synthesizer's phoneme events, seconds in the clip
 
 
 def frame_count(samples: int) -> int:
@@ -68,22 +76,30 @@ def frame_count(samples: int) -> int:
 
 
 def synthesize_clip(sentence: str, person_index: int, emotion: str, level: int,
-                    rng: np.random.Generator, espeak: Espeak | None = None) -> Clip:
+                    rng: np.random.Generator, espeak: Espeak | None = None,
+                    flite_voice: str | None = None) -> Clip:
     """Speak one sentence as one person with one emotion and level; audio, labels, phoneme events.
 
-    `rng` decides the take-to-take variation (small prosody jitter, silence lengths, noise), so the
-    same generator state gives the same clip.
+    espeak-ng speaks with the person's voice, or flite with `flite_voice` when given (the person
+    then sets the face style and the prosody offsets). `rng` decides the take-to-take variation
+    (small prosody jitter, silence lengths, noise), so the same generator state gives the same clip.
     """
     if emotion not in EMOTIONS:
         raise ValueError(f"emotion must be one of {', '.join(RAVDESS_EMOTIONS)}, got {emotion!r}")
     if level not in (0, 1):
         raise ValueError(f"level must be 0 or 1, got {level!r}")
     who, style, strength = person(person_index), EMOTIONS[emotion], STRENGTH[level]
-    espeak = espeak or default_espeak()
-    spoken = espeak.synthesize(sentence, voice(who, style, strength, rng), seed=int(rng.integers(2**31)))
+    if flite_voice is None:
+        spoken = (espeak or default_espeak()).synthesize(sentence, voice(who, style, strength, rng),
+                                                          seed=int(rng.integers(2**31)))
+        samples, rate = spoken.samples.astype(np.float32) / 32768.0, spoken.sample_rate
+        events = [(e.sample / rate, e.name) for e in spoken.phonemes]
+    else:
+        settings = flite.prosody_for(who, style, strength, rng)
+        said = flite.default_flite().synthesize(sentence, flite_voice, settings)
+        samples, rate, events = said.samples, said.sample_rate, list(said.phones)
 
-    speech = torch.from_numpy(spoken.samples.astype(np.float32) / 32768.0)
-    speech = AF.resample(speech, spoken.sample_rate, SAMPLE_RATE).numpy()
+    speech = AF.resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()
     speech = colour(speech, style, strength, rng)
     lead, trail = (int(round(rng.uniform(*SILENCE_S) * SAMPLE_RATE)) for _ in range(2))
     audio = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(trail, np.float32)])
@@ -94,9 +110,8 @@ def synthesize_clip(sentence: str, person_index: int, emotion: str, level: int,
     audio = audio.astype(np.float32)
 
     offset = lead / SAMPLE_RATE
-    speech_end_s = offset + len(spoken.samples) / spoken.sample_rate
-    phones = visemes.segments([offset + e.sample / spoken.sample_rate for e in spoken.phonemes],
-                              [e.name for e in spoken.phonemes], speech_end_s)
+    speech_end_s = offset + len(samples) / rate
+    phones = visemes.segments([offset + t for t, _ in events], [name for _, name in events], speech_end_s)
     phones = [p for p in phones if p.end > p.start]
     spoken_phones = [p for p in phones if not visemes.is_pause(p.name)]
     start = spoken_phones[0].start if spoken_phones else offset
@@ -128,6 +143,7 @@ class Take:
     person: int
     emotion: str
     level: int
+    voice: str | None = None  # a flite voice, or None for the person's espeak-ng voice
 
 
 @dataclass(frozen=True)
@@ -145,11 +161,13 @@ def split_of(index: int, seed: int) -> str:
     return "train" if position < 8 else ("val" if position == 8 else "test")
 
 
-def jobs(seed: int) -> Iterator[SentenceJob]:
-    """Sentences in order with their persons, emotions and levels.
+def jobs(seed: int, engine: str = "espeak") -> Iterator[SentenceJob]:
+    """Sentences in order with their persons, emotions and levels (and flite voices).
 
     Every 12 sentences use all 24 persons once; every sentence uses all 8 emotions once (4 per
-    person), so persons and emotions stay balanced in any prefix of the corpus.
+    person), so persons and emotions stay balanced in any prefix of the corpus. With flite the two
+    persons of a sentence get two different voices, drawn from a stream of their own so that the
+    rest is the same as in the espeak-ng corpus.
     """
     for index, text in enumerate(sentences(seed)):
         people = np.random.default_rng([seed, 0x9E45, index // 12]).permutation(PERSONS)
@@ -157,13 +175,20 @@ def jobs(seed: int) -> Iterator[SentenceJob]:
         rng = np.random.default_rng([seed, 0xE40, index])
         order = rng.permutation(len(RAVDESS_EMOTIONS))
         levels = rng.integers(0, 2, len(order))
-        takes = tuple(Take(int(pair[i // EMOTIONS_PER_PERSON]), RAVDESS_EMOTIONS[e], int(lv))
+        voices: list[str | None] = [None] * PERSONS_PER_SENTENCE
+        if engine == "flite":
+            picks = np.random.default_rng([seed, 0xF117E, index]).choice(len(flite.VOICES), PERSONS_PER_SENTENCE,
+                                                                         replace=False)
+            voices = [flite.VOICES[k] for k in picks]
+        takes = tuple(Take(int(pair[i // EMOTIONS_PER_PERSON]), RAVDESS_EMOTIONS[e], int(lv),
+                           voices[i // EMOTIONS_PER_PERSON])
                       for i, (e, lv) in enumerate(zip(order, levels)))
         yield SentenceJob(index, text, split_of(index, seed), seed, takes)
 
 
 def clip_id(index: int, take: Take) -> str:
-    return f"s{index:05d}_p{take.person:02d}_{take.emotion}_{take.level}"
+    voice = f"_{take.voice}" if take.voice else ""
+    return f"s{index:05d}_p{take.person:02d}{voice}_{take.emotion}_{take.level}"
 
 
 class _Rendered(NamedTuple):
@@ -177,14 +202,17 @@ def render(job: SentenceJob, espeak: Espeak | None = None) -> list[_Rendered]:
     for slot, take in enumerate(job.takes):
         name = clip_id(job.index, take)
         clip = synthesize_clip(job.text, take.person, take.emotion, take.level,
-                               np.random.default_rng([job.seed, job.index, slot]), espeak)
+                               np.random.default_rng([job.seed, job.index, slot]), espeak, take.voice)
         wav, npy = io.BytesIO(), io.BytesIO()
         soundfile.write(wav, clip.audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         np.save(npy, clip.labels)
         align = json.dumps([[round(s, 4), round(e, 4), p] for s, e, p in clip.phonemes])
+        split = XVOICE if take.voice == HELD_OUT_VOICE else job.split
         row = {"clip": name, "content": job.index, "emotion": take.emotion, "level": take.level,
-               "person": take.person, "split": job.split, "frames": int(clip.labels.shape[0]),
+               "person": take.person, "split": split, "frames": int(clip.labels.shape[0]),
                "seconds": round(len(clip.audio) / SAMPLE_RATE, 4), "sentence": job.text}
+        if take.voice:
+            row["voice"] = take.voice
         rendered.append(_Rendered(row, {f"{name}.wav": wav.getvalue(), f"{name}.npy": npy.getvalue(),
                                         f"{name}.align.json": align.encode()}))
     return rendered
@@ -193,27 +221,27 @@ def render(job: SentenceJob, espeak: Espeak | None = None) -> list[_Rendered]:
 _WORKER_ESPEAK: Espeak | None = None
 
 
-def _start_worker(library: str) -> None:
+def _start_worker(library: str | None) -> None:
     global _WORKER_ESPEAK
     torch.set_num_threads(1)
-    _WORKER_ESPEAK = Espeak(library)
+    _WORKER_ESPEAK = Espeak(library) if library else None
 
 
 def _render_in_worker(job: SentenceJob) -> list[_Rendered]:
     return render(job, _WORKER_ESPEAK)
 
 
-def _rendered(seed: int, workers: int, espeak: Espeak) -> Iterator[list[_Rendered]]:
+def _rendered(seed: int, workers: int, espeak: Espeak | None, engine: str) -> Iterator[list[_Rendered]]:
     """Rendered sentences in order; with workers > 1 a few sentences are rendered ahead."""
     if workers == 1:
-        for job in jobs(seed):
+        for job in jobs(seed, engine):
             yield render(job, espeak)
         return
     # spawn, not fork: the caller may hold CUDA or threads that a forked worker must not inherit.
-    pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (espeak.library,))
+    pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (espeak and espeak.library,))
     try:
         pending: deque = deque()
-        for job in jobs(seed):
+        for job in jobs(seed, engine):
             pending.append(pool.apply_async(_render_in_worker, (job,)))
             if len(pending) > 2 * workers:
                 yield pending.popleft().get()
@@ -251,14 +279,27 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 
 def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bool = False,
-             progress: bool = True, espeak_library: str | None = None) -> CorpusSummary:
-    """Write a corpus of at least `hours` of audio to `out` (whole sentences, so slightly more)."""
+             progress: bool = True, espeak_library: str | None = None, voices: str = "espeak") -> CorpusSummary:
+    """Write a corpus of at least `hours` of audio to `out` (whole sentences, so slightly more).
+
+    `voices` is the speech engine: "espeak" (espeak-ng) or "flite".
+    """
     if not (hours > 0 and math.isfinite(hours)):
         raise UserError(f"--hours must be greater than 0, got {hours}: e.g. --hours 3")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if voices not in ENGINES:
+        raise UserError(f"--voices must be one of {', '.join(ENGINES)}, got {voices!r}")
     out = Path(out)
-    espeak = Espeak(espeak_library) if espeak_library else default_espeak()
+    espeak: Espeak | None = None
+    if voices == "flite":
+        engine_settings = {"voices": "flite", "flite": flite.default_flite().version,
+                           "flite_voices": list(flite.VOICES), "held_out_voice": HELD_OUT_VOICE}
+        columns, split_names = COLUMNS + ("voice",), SPLITS + (XVOICE,)
+    else:
+        espeak = Espeak(espeak_library) if espeak_library else default_espeak()
+        engine_settings = {"persons": [person(i).voice for i in range(PERSONS)], "espeak_ng": espeak.version}
+        columns, split_names = COLUMNS, SPLITS
     _prepare(out, overwrite)
     began = time.perf_counter()
     target = hours * 3600.0
@@ -269,7 +310,7 @@ def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bo
     with bar:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the same arithmetic in this process as in a worker
-        rendered = _rendered(seed, workers, espeak)
+        rendered = _rendered(seed, workers, espeak, voices)
         try:
             for sentence in rendered:
                 for clip in sentence:
@@ -286,20 +327,20 @@ def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bo
             torch.set_num_threads(threads)
     rows.sort(key=lambda r: str(r["clip"]))
     with open(out / "metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     splits = {s: {"clips": sum(r["split"] == s for r in rows),
                   "sentences": len({r["content"] for r in rows if r["split"] == s}),
                   "seconds": round(sum(float(r["seconds"]) for r in rows if r["split"] == s), 3)}
-              for s in SPLITS}
+              for s in split_names}
     summary = CorpusSummary(out, len(rows), len({r["content"] for r in rows}), round(seconds, 3), splits,
                             time.perf_counter() - began)
     settings = {
         "version": CORPUS_VERSION, "generator": "emotalk-corpus", "seed": seed, "hours": hours,
         "sample_rate": SAMPLE_RATE, "fps": FPS, "blendshapes": list(blendshapes.NAMES),
         "emotions": list(RAVDESS_EMOTIONS), "levels": {"0": STRENGTH[0], "1": STRENGTH[1]},
-        "persons": [person(i).voice for i in range(PERSONS)], "espeak_ng": espeak.version,
+        **engine_settings,
         "counts": {"clips": summary.clips, "sentences": summary.sentences, "seconds": summary.seconds,
                    "splits": splits},
     }
@@ -315,13 +356,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="synthesis processes (default: the CPU count, at most 4; output is the same "
                              "for any number)")
+    parser.add_argument("--voices", choices=ENGINES, default="espeak",
+                        help="speech engine: espeak (espeak-ng, 24 voices; default) or flite (kal, kal16, awb, "
+                             f"rms, slt; {HELD_OUT_VOICE}'s clips form the {XVOICE} split)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace clips/, metadata.csv and corpus.json in a non-empty --out")
     add_debug_flag(parser)
 
     def body(args: argparse.Namespace) -> int:
-        summary = generate(args.out, args.hours, args.seed, args.workers, args.overwrite)
-        splits = ", ".join(f"{s} {summary.splits[s]['clips']}" for s in SPLITS)
+        summary = generate(args.out, args.hours, args.seed, args.workers, args.overwrite, voices=args.voices)
+        splits = ", ".join(f"{s} {v['clips']}" for s, v in summary.splits.items())
         print(f"wrote {summary.clips} clips ({summary.seconds / 3600:.2f} h, {summary.sentences} sentences; "
               f"{splits}) to {summary.out} in {summary.elapsed_s:.0f} s")
         return 0

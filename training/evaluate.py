@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from .audio import read_audio
+from .calibration import expected_calibration_error, softmax
 from .checkpoint import load_model
 from .blendshapes import LIP, UPPER
 from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
 from .errors import UserError, add_debug_flag, run_cli
-from .control_values import emotion_index
+from .control_values import DEFAULT_EMOTION_HELP, emotion_index
 from .offline import eval_mode
 from .metrics import (FaceTemplates, baseline_energy, baseline_mean_pose, emotion_accuracy,
                       load_templates, pooled_jitter, score_clips)
@@ -41,6 +42,15 @@ def _majority_emotion(train_clips: Sequence[ClipInfo], labels: Sequence[str]) ->
     counts = Counter(emotion_index(c.emotion, labels) for c in train_clips if c.emotion is not None)
     counts.pop(None, None)
     return counts.most_common(1)[0][0] if counts else None
+
+
+def calibration_errors(logits: list[np.ndarray], labels: list[int], temperature: float) -> dict[str, float | None]:
+    """The emotion head's expected calibration error with the model's temperature, and without it."""
+    if not labels:
+        return {"emotion_ece": None, "emotion_ece_uncalibrated": None}
+    stacked, truth = np.stack(logits), np.array(labels)
+    return {"emotion_ece": expected_calibration_error(softmax(stacked, temperature), truth),
+            "emotion_ece_uncalibrated": expected_calibration_error(softmax(stacked), truth)}
 
 
 @torch.inference_mode()
@@ -67,7 +77,7 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
     device = next(model.parameters()).device
     truths: list[np.ndarray] = []
     preds: dict[str, list[np.ndarray]] = {"model": [], **{name: [] for name in baselines}}
-    guessed, actual = [], []
+    guessed, actual, clip_logits = [], [], []
     with eval_mode(model):
         for clip in tqdm(clips, desc="evaluating", file=sys.stderr, disable=not progress):
             audio, labels = read_audio(clip.wav, cfg.sample_rate), read_labels(clip.labels)
@@ -84,10 +94,12 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
             if truth is not None:
                 actual.append(truth)
                 guessed.append(int(logits[0].argmax()))
+                clip_logits.append(logits[0].float().cpu().numpy())
 
     majority = _majority_emotion(train_clips, cfg.emotion_labels)
     result: dict[str, Any] = {**score_clips(preds["model"], truths, templates),
                               "emotion_accuracy": emotion_accuracy(guessed, actual),
+                              **calibration_errors(clip_logits, actual, cfg.emotion_temperature),
                               "jitter_ground_truth": pooled_jitter(truths),
                               "clips": len(clips), "emotion_clips": len(actual)}
     for name, baseline in baselines.items():
@@ -173,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "(emotalk-export) instead of --model")
     parser.add_argument("--voices-cache", type=Path, default=None,
                         help="with --voices: folder of the recordings taken from PyPI sdists (default: data/voices)")
-    parser.add_argument("--split", default="test", help="split to score: train, val or test (default: test)")
+    parser.add_argument("--emotion", default=None,
+                        help=f"with --voices: the emotion control, auto or LABEL[:STRENGTH] (default: {DEFAULT_EMOTION_HELP})")
+    parser.add_argument("--no-voice-gate", action="store_true",
+                        help="with --voices: leave the jaw and lips open where no voice is heard (ablation)")
+    parser.add_argument("--split", default="test",
+                        help="split to score: train, val, test or xvoice, the held-out voices (default: test)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
     parser.add_argument("--templates", type=Path, default=None,
                         help="face rig .npz (neutral, blendshapes, lip_vertices, upper_vertices[, names, "
@@ -194,8 +211,9 @@ def _run(args: argparse.Namespace) -> None:
     if args.voices:
         from .voices_eval import run as run_voices
         return run_voices(args)
-    if args.engine is not None or args.voices_cache is not None:
-        raise UserError("--engine and --voices-cache go with --voices")
+    if args.engine is not None or args.voices_cache is not None or args.no_voice_gate \
+            or args.emotion is not None:
+        raise UserError("--engine, --voices-cache, --emotion and --no-voice-gate go with --voices")
     templates = load_templates(args.templates) if args.templates else None
     clips = load_folder(args.data)
     chosen = by_split(clips, args.split)[:args.limit]

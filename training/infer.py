@@ -17,7 +17,7 @@ import numpy as np
 
 from ..engine.interface import ENCODER_FRAME_MS
 from .audio import SAMPLE_RATE, read_audio
-from .control_values import parse_emotion, parse_level, parse_person
+from .control_values import DEFAULT_EMOTION_HELP, default_emotion, parse_emotion, parse_level, parse_person
 from .errors import UserError, add_debug_flag, require_training, run_cli
 from .livelink_csv import write_csv
 
@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'default' (the bundled model), an engine folder from emotalk-export, or a checkpoint folder")
     parser.add_argument("--out", type=Path, required=True,
                         help="FILE.npy ((T, 52) float32, EmoTalk order) or FILE.csv (Live Link Face CSV)")
-    parser.add_argument("--emotion", default="auto",
-                        help="'auto' (from the voice) or LABEL[:STRENGTH], e.g. happy:0.7 (default: auto)")
+    parser.add_argument("--emotion", default=None,
+                        help=f"'auto' (from the voice) or LABEL[:STRENGTH], e.g. happy:0.7 "
+                             f"(default: {DEFAULT_EMOTION_HELP})")
     parser.add_argument("--level", default="high", help="emotion level: low, high or a number in [0, 1] (default: high)")
     parser.add_argument("--person", default="0", help="speaking style, 0..23 (default: 0)")
     parser.add_argument("--lookahead", type=int, default=None,
@@ -116,17 +117,18 @@ def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float) -> Ta
     engine.resolve_controls(controls)  # a bad emotion or person is refused before any work
     [(weights, probabilities)] = engine.process_with_emotion([audio], controls)
     labels = engine.cfg.emotion_labels
-    return Take(weights, probabilities, labels, engine.cfg.fps, parse_emotion(args.emotion, labels))
+    return Take(weights, probabilities, labels, engine.cfg.fps, parse_emotion(engine.emotion_setting(controls), labels))
 
 
 def _run_torch(args: argparse.Namespace, audio: np.ndarray, level: float) -> Take:
     """The checkpoint's full-context forward pass in PyTorch."""
     require_training(f"{PROG} on the checkpoint {args.model} (its full-context PyTorch pass)")
     from .checkpoint import load_model
-    from .offline import infer
+    from .offline import infer, prototypes_present
     model = load_model(args.model, args.device)
     labels = model.cfg.emotion_labels
-    emotion, strength = parse_emotion(args.emotion, labels)
+    setting = args.emotion if args.emotion is not None else default_emotion(labels, prototypes_present(model))
+    emotion, strength = parse_emotion(setting, labels)
     person = parse_person(args.person, model.cfg.n_persons)
     weights, probabilities = infer(model, audio, level, person, emotion, strength, args.lookahead)
     return Take(weights, probabilities, labels, model.cfg.fps, (emotion, strength))

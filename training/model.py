@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .config import EncoderConfig, ModelConfig
 from .framing import frame_count
+from .input_level import model_input
 from .streaming_encoder import StreamingEncoder
 from .wav2vec2 import Wav2Vec2Model, linear_interpolation
 
@@ -137,10 +138,18 @@ class EmoTalk(nn.Module):
         """Encoder frames of future audio: the config's inference setting unless one is given."""
         return self.cfg.lookahead if lookahead is None else lookahead
 
+    def hear(self, audio: Tensor) -> Tensor:
+        """Whole clips (B, N) as the encoders take them: level-normalised where the config says so
+        (the streaming engine normalises as the audio arrives, the same way)."""
+        if self.cfg.input_level == "raw":
+            return audio
+        return torch.from_numpy(model_input(audio.detach().cpu().numpy(), self.cfg.input_level)).to(audio)
+
     # -- the three stages, separate so that training can cross the emotion between clips --
 
     def encode_content(self, audio: Tensor, frame_num: int, lookahead: int | None = None) -> Tensor:
         """(B, N) audio -> (B, T, content_dim) content features at the output frame rate."""
+        audio = self.hear(audio)
         if isinstance(self.audio_encoder_cont, Wav2Vec2Model):
             hidden = self.audio_encoder_cont(audio, frame_num)
         else:
@@ -150,7 +159,7 @@ class EmoTalk(nn.Module):
     def encode_emotion(self, audio: Tensor, frame_num: int, lookahead: int | None = None,
                        valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(B, N) audio -> emotion memory (B, T, d_model) and emotion logits (B, n_labels)."""
-        hidden, logits = self.audio_encoder_emo(audio, frame_num, self._lookahead(lookahead), valid)
+        hidden, logits = self.audio_encoder_emo(self.hear(audio), frame_num, self._lookahead(lookahead), valid)
         return self.audio_feature_map_emo(hidden), logits
 
     def override_emotion(self, memory: Tensor, label: int, strength: float) -> Tensor:

@@ -10,6 +10,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..engine.interface import ENCODER_FRAME_MS
+from ..engine.voice_activity import clip_probabilities, gate_articulation
+from .calibration import softmax
 from .control_values import check_prototype
 from .framing import frame_count
 from .model import EmoTalk
@@ -39,11 +42,12 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 @torch.inference_mode()
 def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0,
           emotion: int | None = None, strength: float = 1.0,
-          lookahead: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+          lookahead: int | None = None, voice_gate: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(N,) 16 kHz audio -> (T, 52) float32 weights in [0, 1] and the voice's emotion probabilities.
 
     With `emotion` (a label index) the emotion memory is blended towards that label's prototype by
-    `strength`; the probabilities stay the voice's own.
+    `strength`; the probabilities stay the voice's own. `voice_gate` closes the jaw and lips where
+    no voice is heard, as the streaming engine does.
     """
     if emotion is not None:
         require_prototype(model, emotion)
@@ -57,5 +61,9 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0
             memory = model.override_emotion(memory, emotion, strength)
         weights = model.decode(content, memory, torch.tensor([level], device=device),
                                torch.tensor([person], device=device))
-    probabilities = torch.softmax(logits[0].float(), dim=-1).cpu().numpy()
-    return weights[0].float().clamp(0.0, 1.0).cpu().numpy(), probabilities
+    probabilities = softmax(logits[0].float().cpu().numpy(), model.cfg.emotion_temperature)
+    weights = weights[0].float().clamp(0.0, 1.0).cpu().numpy()
+    if voice_gate:
+        lookahead_ms = model._lookahead(lookahead) * ENCODER_FRAME_MS
+        weights = gate_articulation(weights, clip_probabilities(audio), np.arange(frames), model.cfg.fps, lookahead_ms)
+    return weights, probabilities

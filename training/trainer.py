@@ -15,7 +15,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,9 @@ from tqdm import tqdm
 
 from . import config as config_mod
 from .audio import read_audio
+from .augment import augment, light_augment
+from .input_level import MODES
+from .calibration import fit_temperature
 from .checkpoint import load_model, save_checkpoint
 from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
 from .errors import UserError, add_debug_flag, run_cli
@@ -34,6 +37,8 @@ from .losses import EmoTalkLoss, PairBatch, masked_mse
 from .model import EmoTalk
 
 PROG = "emotalk-train"
+AUGMENTATIONS = ("full", "light", "none")
+CALIBRATION_SPLIT = "xvoice"  # the corpus's held-out voices: the emotion head is calibrated on them
 
 
 @dataclass
@@ -67,6 +72,15 @@ def load_clips(infos: list[ClipInfo], cfg: config_mod.ModelConfig, desc: str, qu
     return loaded
 
 
+def load_corpora(folders: list[str]) -> list[ClipInfo]:
+    """The clips of one or more data folders; content ids are kept apart per folder, so pairs never
+    join two folders' sentences."""
+    if len(folders) == 1:
+        return load_folder(Path(folders[0]))
+    return [replace(clip, content=f"{i}/{clip.content}")
+            for i, folder in enumerate(folders) for clip in load_folder(Path(folder))]
+
+
 def warp_positions(a: LoadedClip, b: LoadedClip, fps: int) -> np.ndarray:
     """For each frame of A, the fractional frame of B at the same spoken position."""
     return frame_warp(a.alignment, b.alignment, a.seconds, b.seconds, len(a.labels), fps)
@@ -82,17 +96,21 @@ def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(out), torch.from_numpy(valid)
 
 
-def augment(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random gain (+-4 dB) and a faint noise floor (35-60 dB below full scale)."""
-    gain = 10 ** (rng.uniform(-4, 4) / 20)
-    noise = rng.standard_normal(len(audio)).astype(np.float32) * 10 ** (-rng.uniform(35, 60) / 20)
-    return np.clip(audio * gain + noise, -1.0, 1.0).astype(np.float32)
+def collate(pairs: list[tuple[LoadedClip, LoadedClip]], fps: int, rng: np.random.Generator | None,
+            augmentation: str = "full") -> PairBatch:
+    """A batch of pairs; with `rng`, each clip augmented: "full", through a random microphone, room
+    and level, with babble made from the batch's other clips; "light", a small gain and noise floor."""
+    clips = [clip for pair in pairs for clip in pair]
 
+    def prep(clip: LoadedClip) -> np.ndarray:
+        if rng is None or augmentation == "none":
+            return clip.audio
+        if augmentation == "light":
+            return light_augment(clip.audio, rng)
+        return augment(clip.audio, clip.alignment, rng, [c.audio for c in clips if c is not clip])
 
-def collate(pairs: list[tuple[LoadedClip, LoadedClip]], fps: int, rng: np.random.Generator | None) -> PairBatch:
-    prep = (lambda x: augment(x, rng)) if rng is not None else (lambda x: x)
-    audio_a, _ = _pad([prep(a.audio) for a, _ in pairs])
-    audio_b, _ = _pad([prep(b.audio) for _, b in pairs])
+    audio_a, _ = _pad([prep(a) for a, _ in pairs])
+    audio_b, _ = _pad([prep(b) for _, b in pairs])
     labels_a, valid_a = _pad([a.labels for a, _ in pairs])
     labels_b, valid_b = _pad([b.labels for _, b in pairs])
     warp_ab, _ = _pad([warp_positions(a, b, fps).astype(np.float32) for a, b in pairs])
@@ -177,6 +195,28 @@ def emotion_prototypes(model: EmoTalk, clips: list[LoadedClip], device: torch.de
     return total / count.clamp(min=1)[:, None]
 
 
+@torch.inference_mode()
+def fit_emotion_temperature(model: EmoTalk, clips: list[LoadedClip], device: torch.device) -> float:
+    """The temperature that calibrates the emotion head on `clips` (held-out voices where the data
+    has them: they are over-confident as real voices are)."""
+    model.eval()
+    logits = [model.encode_emotion(torch.from_numpy(c.audio)[None].to(device), len(c.labels))[1][0].cpu().numpy()
+              for c in clips]
+    model.train()
+    return fit_temperature(np.stack(logits), np.array([c.emotion for c in clips]))
+
+
+def finalise(folder: Path, train_clips: list[LoadedClip], calibration: list[LoadedClip], device: torch.device,
+             provenance: dict) -> float:
+    """Make a checkpoint usable: its emotion prototypes (what --emotion LABEL blends towards) and
+    its calibrated emotion temperature; returns the temperature."""
+    model = load_model(folder, device=device)
+    model.emotion_prototypes.copy_(emotion_prototypes(model, train_clips, device))
+    model.cfg.emotion_temperature = fit_emotion_temperature(model, calibration, device)
+    save_checkpoint(model, folder, extra=provenance)
+    return model.cfg.emotion_temperature
+
+
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path, state: dict) -> None:
     tensors = {}
     for index, param_state in optimizer.state_dict()["state"].items():
@@ -233,12 +273,14 @@ def train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
 
     cfg = resolve_config(args.config)
-    clips = load_folder(Path(args.data))
+    if args.input_level is not None:
+        cfg = replace(cfg, input_level=args.input_level)
+    clips = load_corpora(args.data)
     train_clips = load_clips(by_split(clips, "train"), cfg, "loading train", quiet)
     val_clips = load_clips(by_split(clips, "val")[: args.val_limit], cfg, "loading val", quiet)
     groups = pair_groups([c.info for c in train_clips])
     if not groups:
-        raise UserError(f"{args.data} has no cross-reconstruction pairs (same content and person, "
+        raise UserError(f"{' '.join(args.data)} has no cross-reconstruction pairs (same content and person, "
                         "different emotions) in its train split; generate it with emotalk-corpus")
 
     if args.resume:
@@ -274,7 +316,8 @@ def train(args: argparse.Namespace) -> int:
         totals: dict[str, float] = {}
         bar = tqdm(mine, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=quiet, file=sys.stderr)
         for batch_pairs in bar:
-            batch = collate([(train_clips[i], train_clips[j]) for i, j in batch_pairs], cfg.fps, aug_rng)
+            batch = collate([(train_clips[i], train_clips[j]) for i, j in batch_pairs], cfg.fps, aug_rng,
+                            args.augment)
             lookahead = rng.randint(0, max_lookahead)
             loss, parts = loss_module(batch.to(device), lookahead)
             optimizer.zero_grad(set_to_none=True)
@@ -301,6 +344,8 @@ def train(args: argparse.Namespace) -> int:
                 save_checkpoint(model, out / "best", extra={"epoch": epoch + 1, **metrics})
             save_checkpoint(model, out / "last", extra={"epoch": epoch + 1})
             save_optimizer(optimizer, out / "last", state)
+            if epoch + 1 in args.snapshot_epochs:
+                save_checkpoint(model, out / f"epoch-{epoch + 1}", extra={"epoch": epoch + 1})
         if args.max_minutes and (time.monotonic() - started) / 60 > args.max_minutes:
             if main_rank and not args.quiet:
                 print(f"{PROG}: stopping after {args.max_minutes} minutes (--max-minutes); "
@@ -310,20 +355,24 @@ def train(args: argparse.Namespace) -> int:
         dist.barrier()
         dist.destroy_process_group()
     if main_rank:
-        best = load_model(out / "best", device=device)
-        best.emotion_prototypes.copy_(emotion_prototypes(best, train_clips, device))
-        save_checkpoint(best, out / "best", extra={"data": str(args.data), "seed": args.seed,
-                                                    "cross_reconstruction": not args.no_cross})
+        provenance = {"data": [str(d) for d in args.data], "seed": args.seed,
+                      "cross_reconstruction": not args.no_cross, "augmentation": args.augment}
+        held_out = CALIBRATION_SPLIT if any(c.split == CALIBRATION_SPLIT for c in clips) else "val"
+        calibration = load_clips(by_split(clips, held_out)[: args.val_limit], cfg, f"calibrating on {held_out}", quiet)
+        for folder in [out / "best", *(out / f"epoch-{n}" for n in args.snapshot_epochs if n <= state["epoch"])]:
+            temperature = finalise(folder, train_clips, calibration, device, provenance)
         state["finished"] = True  # best/ now has its emotion prototypes
         (out / "last" / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
-        print(f"{PROG}: best model (validation loss {state['best_val_loss']:.5f}) in {out / 'best'}", file=sys.stderr)
+        print(f"{PROG}: best model (validation loss {state['best_val_loss']:.5f}, emotion temperature "
+              f"{temperature:.2f} from the {held_out} split) in {out / 'best'}", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="small", help="small, large, or a config.json (default: small)")
-    p.add_argument("--data", required=True, help="data folder (emotalk-corpus output or wav+npy pairs)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="data folders (emotalk-corpus output or wav+npy pairs), trained on together")
     p.add_argument("--out", required=True, help="run folder for checkpoints and the log")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (two clips each)")
@@ -333,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--no-cross", action="store_true",
                    help="ablation: train without cross-reconstruction (self reconstruction only)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default="full",
+                   help="full: real-microphone conditions (rooms, noise, bandwidth, levels, gates; the default); "
+                        "light: +-4 dB and a faint noise floor (the first recipe); none: the clean corpus audio")
+    p.add_argument("--input-level", choices=MODES, default=None,
+                   help="agc: the model hears level-normalised audio (the small preset's); raw: as recorded")
+    p.add_argument("--snapshot-epochs", type=int, nargs="*", default=[], metavar="N",
+                   help="also keep the model after these epochs (RUN/epoch-N, finalised like best/): "
+                        "ablations at a smaller budget compare with them")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this time")
     p.add_argument("--val-limit", type=int, default=400, help="validation clips per epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,5 +1,6 @@
 """`emotalk-eval --voices`: a model on real human recordings (training/voices.py), through the
-streaming engine, as a user gets it (`Controls()`: emotion auto, level high, person 0).
+streaming engine, as a user gets it (`Controls()`, the defaults; `--emotion` and
+`--no-voice-gate` change them).
 
 Every figure is a pure function of (weights, audio, phones) below; `evaluate_voices` runs the engine
 and `format_report` prints. Weights are (T, 52) in EmoTalk order at `fps` (30); frame k shows the
@@ -32,9 +33,15 @@ audio at time k / fps. The figures, per clip and overall:
   Pearson r between its jawOpen and the original's, and mean jawOpen quiet / mean jawOpen original
   (None where the original never opens). Overall: the mean r over speech clips, and the ratio of the
   pooled means.
-- **emotion on calm speech** (`emotion`, `emotion_p`): the engine's emotion over the whole clip
-  (argmax and its probability); overall `confident_not_calm`: how many speech clips show an emotion
-  other than neutral or calm with p >= 0.5 (every recording is calm or neutral read speech).
+- **closing after speech** (`close_after_speech_s`): seconds from the end of a clip's last spoken
+  phone to the first frame after it with closed lips (as for bilabial closure). Overall: the median
+  over the clips with phone timings that have a frame after the voice.
+- **emotion on calm speech** (`emotion`, `emotion_p`): the engine's (calibrated) emotion of the voice
+  over the whole clip, argmax and probability; `emotion_shown`, `emotion_shown_p`: what the face
+  shows, the override label and its strength where the controls name one, else the voice's.
+  Overall `confident_not_calm`: how many speech clips show an emotion other than neutral or calm
+  with p >= 0.5 (every recording is calm or neutral read speech); `detected_not_calm` counts the
+  voice's own, which `--emotion auto` would show.
 - **largest upper-face weight** (`upper_max`, `upper_max_channel`): the largest weight of the
   expressive upper face over the clip's frames: brows, cheeks, nose, eyeSquint and eyeWide (blinks
   and gaze are not expressions and are left out). Overall: the largest over speech clips.
@@ -56,6 +63,7 @@ import numpy as np
 
 from ..engine.interface import ENCODER_FRAME_MS
 from .blendshapes import INDEX, NAMES
+from .control_values import parse_emotion
 from .errors import UserError
 from .voices import SILENCE, Aligner, Clip, Phone, find_clips, phones
 
@@ -85,6 +93,7 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "jaw_noise_p90": (None, 0.05),
     "quiet_r": (0.9, None),
     "quiet_ratio": (0.8, 1.25),
+    "close_after_speech_s": (None, 0.1),
     "upper_max": (None, 0.15),
     "confident_not_calm": (None, 0),
 }
@@ -154,6 +163,18 @@ def bilabial_closure(weights: np.ndarray, phone_list: Sequence[Phone], fps: int 
         count += 1
         shut += int(closed[inside].any())
     return shut, count
+
+
+def close_after_speech(weights: np.ndarray, phone_list: Sequence[Phone], fps: int = FPS) -> float | None:
+    """Seconds from the end of the last spoken phone to the first frame after it with closed lips;
+    None when the clip ends first (no frame shows the silence after the voice)."""
+    spoken = [p for p in phone_list if p.label != SILENCE]
+    if not spoken:
+        return None
+    end = spoken[-1].end
+    times = frame_times(len(weights), fps)
+    after = np.flatnonzero((times >= end) & lips_closed(weights))
+    return float(times[after[0]] - end) if after.size else None
 
 
 def jaw_loudness_r(weights: np.ndarray, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> float:
@@ -234,6 +255,11 @@ def meets(overall: dict[str, Any]) -> dict[str, bool]:
     return result
 
 
+def confident_not_calm(rows: Sequence[dict[str, Any]], key: str) -> int:
+    """Clips whose `key` emotion is neither neutral nor calm at p >= CONFIDENT."""
+    return sum(1 for r in rows if r[key] is not None and r[key] not in CALM and r[f"{key}_p"] >= CONFIDENT)
+
+
 def white_noise(seconds: float = NOISE_SECONDS, dbfs: float = NOISE_DBFS, seed: int = NOISE_SEED,
                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Gaussian white noise at `dbfs` RMS, the same for a seed."""
@@ -255,6 +281,12 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median of the known values (an aligner's error on one clip moves it little)."""
+    known = [v for v in values if v is not None]
+    return _round(float(np.median(known)), 3) if known else None
+
+
 def _process(engine: Any, runs: Sequence[np.ndarray], controls: Any,
              batch: int = BATCH) -> list[tuple[np.ndarray, Any]]:
     """`engine.process_with_emotion` on `runs`, in batches of similar lengths (a batch of dozens of
@@ -268,10 +300,15 @@ def _process(engine: Any, runs: Sequence[np.ndarray], controls: Any,
     return outputs
 
 
-def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = NOISE_SECONDS) -> dict[str, Any]:
-    """Run `engine` (an `emotalk_stream.engine.Engine`) on `clips` and the synthetic white noise;
-    the per-clip and overall figures, the targets and which are met."""
+def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = NOISE_SECONDS,
+                    controls: Any = None) -> dict[str, Any]:
+    """Run `engine` (an `emotalk_stream.engine.Engine`) on `clips` and the synthetic white noise with
+    `controls` (default: the engine's defaults); the per-clip and overall figures, the targets and
+    which are met."""
     from ..engine import Controls  # the engine package imports this one's siblings: import late
+
+    controls = controls or Controls()
+    override, strength = parse_emotion(engine.emotion_setting(controls), engine.cfg.emotion_labels)
 
     if engine.cfg.fps != FPS or engine.sample_rate != SAMPLE_RATE:
         raise UserError(f"the voices evaluation is for {FPS} fps at {SAMPLE_RATE} Hz, not {engine.cfg.fps} fps "
@@ -297,7 +334,7 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
     prefix = np.zeros(round(PREFIX_S * SAMPLE_RATE), dtype=np.float32)
     runs = ([i.audio for i in items] + [i.audio * gain for i in speech]
             + [np.concatenate([prefix, i.audio]) for i in speech])
-    outputs = _process(engine, runs, Controls())
+    outputs = _process(engine, runs, controls)
     plain = outputs[:len(items)]
     quiet = outputs[len(items):len(items) + len(speech)]
     prefixed = outputs[len(items) + len(speech):]
@@ -324,9 +361,10 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
                 shut, count = bilabial_closure(weights, item.phones)
                 closed, bilabials = closed + shut, bilabials + count
                 row.update(bilabials=count, bilabials_closed=shut,
-                           bilabial_closure=_round(shut / count) if count else None)
+                           bilabial_closure=_round(shut / count) if count else None,
+                           close_after_speech_s=_round(close_after_speech(weights, item.phones), 3))
             else:
-                row.update(bilabials=None, bilabials_closed=None, bilabial_closure=None)
+                row.update(bilabials=None, bilabials_closed=None, bilabial_closure=None, close_after_speech_s=None)
             row["jaw_loudness_r"] = _round(jaw_loudness_r(weights, audio))
             lead = prefixed[k][0]
             zeros = lead[digital_silence_frames(len(lead)), JAW_OPEN]
@@ -339,7 +377,9 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
             pooled["jaw"].append(weights[:, JAW_OPEN])
             pooled["quiet"].append(quiet[k][0][:, JAW_OPEN])
             row.update(quiet_r=_round(r), quiet_ratio=_round(ratio))
-        row.update(emotion=label, emotion_p=_round(probability), upper_max=_round(top), upper_max_channel=channel)
+        shown, shown_p = (labels[override], strength) if override is not None else (label, probability)
+        row.update(emotion=label, emotion_p=_round(probability), emotion_shown=shown, emotion_shown_p=_round(shown_p),
+                   upper_max=_round(top), upper_max_channel=channel)
         rows.append(row)
 
     speech_rows = [r for r in rows if r["kind"] == "speech"]
@@ -359,8 +399,9 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
         "jaw_noise_p90": _round(p90(np.concatenate(pooled["noise"]))),
         "quiet_r": _round(np.mean([r["quiet_r"] for r in speech_rows])),
         "quiet_ratio": _round(quiet_jaw.mean() / jaw.mean()) if jaw.mean() > 1e-12 else None,
-        "confident_not_calm": sum(1 for r in speech_rows if r["emotion"] not in CALM and r["emotion"] is not None
-                                  and r["emotion_p"] >= CONFIDENT),
+        "close_after_speech_s": _median([r["close_after_speech_s"] for r in speech_rows]),
+        "confident_not_calm": confident_not_calm(speech_rows, "emotion_shown"),
+        "detected_not_calm": confident_not_calm(speech_rows, "emotion"),
         "emotions": dict(emotions.most_common()),
         "upper_max": loudest["upper_max"],
         "upper_max_channel": loudest["upper_max_channel"],
@@ -368,6 +409,7 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
         "upper_max_median": _round(np.median([r["upper_max"] for r in speech_rows])),
     }
     return {"fps": FPS, "hop_ms": engine.hop_ms, "lookahead_ms": engine.lookahead_ms,
+            "controls": {"emotion": engine.emotion_setting(controls), "voice_gate": controls.voice_gate},
             "emotion_labels": list(labels), "clips": rows, "overall": overall,
             "targets": {k: list(v) for k, v in TARGETS.items()}, "meets": meets(overall)}
 
@@ -413,7 +455,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     """`emotalk-eval --voices`: the engine from --engine or --model, the report on stdout."""
-    from ..engine import Engine
+    from ..engine import Controls, Engine
 
     if getattr(args, "templates", None) is not None:
         raise UserError("--templates scores vertices of a data split; --voices has no ground-truth faces")
@@ -431,5 +473,7 @@ def run(args: argparse.Namespace) -> None:
         lookahead_ms = None if args.lookahead is None else args.lookahead * ENCODER_FRAME_MS
         engine = Engine.load(args.model, lookahead_ms=lookahead_ms, device=args.device)
         name = str(args.model)
-    result = {"model": name, **evaluate_voices(engine, clips)}
+    controls = Controls(emotion=args.emotion, voice_gate=not args.no_voice_gate)
+    engine.resolve_controls(controls)  # a bad --emotion fails here, before the recordings are read
+    result = {"model": name, **evaluate_voices(engine, clips, controls=controls)}
     print(json.dumps(result) if args.json else format_report(result))
