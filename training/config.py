@@ -76,6 +76,9 @@ class ModelConfig:
         if self.input_level not in MODES:
             raise UserError(f"model config has input_level {self.input_level!r}, not one of {MODES}: "
                             "it was written by another version")
+        if self.input_level == "agc" and self.content.kind != "streaming":
+            # The engine normalises a stream once as it arrives; sliding windows would normalise again.
+            raise UserError(f"input_level agc is for streaming encoders; family {self.family!r} takes raw input")
 
     @property
     def d_model(self) -> int:

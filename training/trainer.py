@@ -28,11 +28,11 @@ from tqdm import tqdm
 from . import config as config_mod
 from .audio import read_audio
 from .augment import augment, light_augment
-from .input_level import MODES
 from .calibration import fit_temperature
 from .checkpoint import load_model, save_checkpoint
 from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
 from .errors import UserError, add_debug_flag, run_cli
+from .input_level import MODES
 from .losses import EmoTalkLoss, PairBatch, masked_mse
 from .model import EmoTalk
 
@@ -359,8 +359,10 @@ def train(args: argparse.Namespace) -> int:
                       "cross_reconstruction": not args.no_cross, "augmentation": args.augment}
         held_out = CALIBRATION_SPLIT if any(c.split == CALIBRATION_SPLIT for c in clips) else "val"
         calibration = load_clips(by_split(clips, held_out)[: args.val_limit], cfg, f"calibrating on {held_out}", quiet)
-        for folder in [out / "best", *(out / f"epoch-{n}" for n in args.snapshot_epochs if n <= state["epoch"])]:
-            temperature = finalise(folder, train_clips, calibration, device, provenance)
+        temperature = finalise(out / "best", train_clips, calibration, device, provenance)
+        for n in args.snapshot_epochs:
+            if n <= state["epoch"]:
+                finalise(out / f"epoch-{n}", train_clips, calibration, device, provenance)
         state["finished"] = True  # best/ now has its emotion prototypes
         (out / "last" / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
         print(f"{PROG}: best model (validation loss {state['best_val_loss']:.5f}, emotion temperature "
