@@ -46,7 +46,7 @@ from emotalk_stream.training.errors import add_debug_flag, run_cli
 from emotalk_stream.training.evaluate import emotion_transfer, evaluate
 from emotalk_stream.training.trainer import CALIBRATION_SPLIT, load_corpora
 from emotalk_stream.training.voices import find_clips
-from emotalk_stream.training.voices_eval import TARGETS, evaluate_voices
+from emotalk_stream.training.voices_eval import TARGETS, evaluate_voices, target_text
 
 PROG = "emotalk-reproduce"
 RECIPES = {"bundled": (3.5, 11), "natural": (2.5, 10)}  # espeak-ng hours, epochs
@@ -121,10 +121,8 @@ def markdown(results: dict) -> str:
     voices = {f"{c} ({v})": results["models"][c]["voices"][v] for c in columns for v in results["models"][c]["voices"]}
     lines.append("| figure | target | " + " | ".join(voices) + " |")
     lines.append("|---" * (len(voices) + 2) + "|")
-    for key, (low, high) in TARGETS.items():
-        target = f"{low:g}-{high:g}" if low is not None and high is not None else \
-            f">= {low:g}" if low is not None else f"<= {high:g}"
-        lines.append(f"| {key} | {target} | " + " | ".join(_cell(v["overall"].get(key)) for v in voices.values()) + " |")
+    for key in TARGETS:
+        lines.append(f"| {key} | {target_text(key)} | " + " | ".join(_cell(v["overall"].get(key)) for v in voices.values()) + " |")
     return "\n".join(lines)
 
 
@@ -147,6 +145,19 @@ def score(work: Path, path: Path, eval_clips: list, flite_clips: list, voice_set
                        for name, controls in voice_settings.items()}}
 
 
+def put_normaliser_in_front(checkpoint: Path, flite_clips: list) -> None:
+    """The bundled recipe trains on raw espeak-ng audio; as shipped, the model hears the input level
+    normaliser, and its emotion head is calibrated on flite's held-out voice (once: it is idempotent)."""
+    model = load_model(checkpoint)
+    if model.cfg.input_level == "agc":
+        return
+    model.cfg.input_level = "agc"
+    held_out = trainer.load_clips(by_split(flite_clips, CALIBRATION_SPLIT), model.cfg, "calibrating", True)
+    model.cfg.emotion_temperature = trainer.fit_emotion_temperature(model, held_out, torch.device("cpu"))
+    model.cfg.save(checkpoint / "config.json")
+    log(f"{checkpoint}: the input level normaliser in front, emotion temperature {model.cfg.emotion_temperature:.2f}")
+
+
 def reproduce(args: argparse.Namespace) -> int:
     hours, epochs = RECIPES[args.recipe]
     args.hours = hours if args.hours is None else args.hours
@@ -167,11 +178,16 @@ def reproduce(args: argparse.Namespace) -> int:
     main_run = Run("run", data, args.epochs, flags, snapshots=(budget,) if args.ablations else ())
     train_run(args, work, main_run)
     checkpoints = {"model": main_run.checkpoint(work)}
+    eval_clips, flite_clips = load_folder(eval_data), load_folder(flite)
+    if bundled:
+        put_normaliser_in_front(checkpoints["model"], flite_clips)
     if args.ablations and bundled:
         checkpoints[f"model_epoch_{budget}"] = work / main_run.name / f"epoch-{budget}"
         no_cross = Run("run-no-cross", data, budget, flags + ("--no-cross",))
         train_run(args, work, no_cross)
         checkpoints["without_pairs"] = no_cross.checkpoint(work)
+        for key in (f"model_epoch_{budget}", "without_pairs"):
+            put_normaliser_in_front(checkpoints[key], flite_clips)
     elif args.ablations:
         # As many steps as the main run's snapshot: espeak alone has fewer clips per epoch.
         train_both = len(by_split(load_corpora([str(d) for d in both]), "train"))
@@ -184,7 +200,6 @@ def reproduce(args: argparse.Namespace) -> int:
         checkpoints[f"model_epoch_{budget}"] = work / main_run.name / f"epoch-{budget}"
         checkpoints.update({key: run.checkpoint(work) for key, run in ablations.items()})
 
-    eval_clips, flite_clips = load_folder(eval_data), load_folder(flite)
     default, auto = Controls(), Controls(emotion="auto")
     results: dict = {"train_corpora": {"espeak_hours": args.hours, "flite_hours": args.flite_hours, "seed": args.seed},
                      "eval_corpus": {"hours": args.eval_hours, "seed": args.eval_seed, "split": "test"}, "models": {}}
@@ -201,11 +216,6 @@ def reproduce(args: argparse.Namespace) -> int:
         for name in ("model.safetensors", "config.json"):
             shutil.copy2(checkpoints["model"] / name, DEFAULT_MODEL / name)
         model = load_model(DEFAULT_MODEL)
-        if bundled:  # trained on espeak-ng alone: the normaliser goes in front, calibrated on flite's held-out voice
-            model.cfg.input_level = "agc"
-            held_out = trainer.load_clips(by_split(flite_clips, CALIBRATION_SPLIT), model.cfg, "calibrating", True)
-            model.cfg.emotion_temperature = trainer.fit_emotion_temperature(model, held_out, torch.device("cpu"))
-            model.cfg.save(DEFAULT_MODEL / "config.json")
         export_artifact(model, model_hash(DEFAULT_MODEL), DEFAULT_ENGINE, "onnx", ENCODER_FRAME_MS,
                         model.cfg.lookahead * ENCODER_FRAME_MS)
         log(f"installed {checkpoints['model']} as the bundled default model ({DEFAULT_MODEL}) and its engine "

@@ -421,7 +421,7 @@ def _cell(value: Any, width: int) -> str:
     return text.rjust(width)
 
 
-def _target(key: str) -> str:
+def target_text(key: str) -> str:
     low, high = TARGETS[key]
     if low is not None and high is not None:
         return f"{low:g}-{high:g}"
@@ -447,7 +447,7 @@ def format_report(result: dict[str, Any]) -> str:
     lines.append(f"{'overall':<26}{'measured':>10}{'target':>12}")
     for key in TARGETS:
         mark = "ok" if result["meets"][key] else "MISSED"
-        lines.append(f"{key:<26}{_cell(overall[key], 10)}{_target(key):>12}  {mark}")
+        lines.append(f"{key:<26}{_cell(overall[key], 10)}{target_text(key):>12}  {mark}")
     lines.append(f"emotions on calm speech: {overall['emotions']}; largest upper-face weight "
                  f"{overall['upper_max_channel']} in {overall['upper_max_clip']}")
     return "\n".join(lines)
