@@ -28,7 +28,6 @@ SAMPLE_RATE = 16000  # the only rate this wrapper feeds the model (the face mode
 CHUNK = 512  # samples per model call at 16 kHz (32 ms): the size Silero v5 was trained on
 CONTEXT = 64  # samples of the previous chunk the model sees before each chunk (v5 layout)
 STATE_SHAPE = (2, 128)  # recurrent state per stream; the model's state input is (2, batch, 128)
-CHUNK_SECONDS = CHUNK / SAMPLE_RATE
 
 MODEL_PATH = DEFAULT_MODEL.parent / "silero_vad" / "silero_vad.onnx"  # vendored; SOURCE.md beside it
 
@@ -180,10 +179,6 @@ class VoiceActivity:
         view = self._probabilities[:self._count]
         view.flags.writeable = False
         return view
-
-    @property
-    def chunks_done(self) -> int:
-        return self._count
 
 
 def advance_all(detectors: Iterable[VoiceActivity]) -> int:

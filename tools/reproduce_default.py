@@ -130,7 +130,7 @@ def _cell(value: float | int | None) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def score(work: Path, path: Path, eval_clips: list, flite_clips: list, voice_settings: dict[str, Controls]) -> dict:
+def score(path: Path, eval_clips: list, flite_clips: list, voice_settings: dict[str, Controls]) -> dict:
     """A checkpoint's figures on the fresh test split, the cross-voice split and the real recordings."""
     model = load_model(path)
     test, train_split = by_split(eval_clips, "test"), by_split(eval_clips, "train")
@@ -208,7 +208,7 @@ def reproduce(args: argparse.Namespace) -> int:
         settings = {"default": default}
         if key == "model":
             settings.update({"auto": auto, "no_gate": Controls(voice_gate=False)})
-        results["models"][key] = score(work, path, eval_clips, flite_clips, settings)
+        results["models"][key] = score(path, eval_clips, flite_clips, settings)
         (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     if args.install:

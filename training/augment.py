@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .visemes import is_pause
+
 SR = 16000
 FRAME = 320  # 20 ms: the frame of the active-level measure
 ACTIVE_RANGE_DB = 30.0  # frames this far below the loudest frame count as inactive
@@ -118,7 +120,7 @@ def speech_span(alignment: Sequence[Sequence] | None, length: int) -> Span | Non
     """Samples from the first non-pause phone's start to the last one's end; None when unknown."""
     if not alignment:
         return None
-    events = [(float(s), float(e)) for s, e, phone in alignment if not str(phone).startswith("_")]
+    events = [(float(s), float(e)) for s, e, phone in alignment if not is_pause(str(phone))]
     if not events:
         return None
     start = max(0, int(math.floor(min(s for s, _ in events) * SR)))

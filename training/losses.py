@@ -75,10 +75,8 @@ class EmoTalkLoss(nn.Module):
     def forward(self, batch: PairBatch, lookahead: int) -> tuple[Tensor, dict[str, float]]:
         m = self.model
         ta, tb = batch.labels_a.shape[1], batch.labels_b.shape[1]
-        content_a = m.encode_content(batch.audio_a, ta, lookahead)
-        content_b = m.encode_content(batch.audio_b, tb, lookahead)
-        memory_a, logits_a = m.encode_emotion(batch.audio_a, ta, lookahead, batch.valid_a)
-        memory_b, logits_b = m.encode_emotion(batch.audio_b, tb, lookahead, batch.valid_b)
+        content_a, memory_a, logits_a = m.encode(batch.audio_a, ta, lookahead, batch.valid_a)
+        content_b, memory_b, logits_b = m.encode(batch.audio_b, tb, lookahead, batch.valid_b)
 
         self_a = m.decode(content_a, memory_a, batch.level_a, batch.person)
         self_b = m.decode(content_b, memory_b, batch.level_b, batch.person)

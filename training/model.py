@@ -149,17 +149,29 @@ class EmoTalk(nn.Module):
 
     def encode_content(self, audio: Tensor, frame_num: int, lookahead: int | None = None) -> Tensor:
         """(B, N) audio -> (B, T, content_dim) content features at the output frame rate."""
-        audio = self.hear(audio)
-        if isinstance(self.audio_encoder_cont, Wav2Vec2Model):
-            hidden = self.audio_encoder_cont(audio, frame_num)
-        else:
-            hidden = self.audio_encoder_cont(audio, frame_num, self._lookahead(lookahead))
-        return self.audio_feature_map_cont(hidden)
+        return self._content(self.hear(audio), frame_num, lookahead)
 
     def encode_emotion(self, audio: Tensor, frame_num: int, lookahead: int | None = None,
                        valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(B, N) audio -> emotion memory (B, T, d_model) and emotion logits (B, n_labels)."""
-        hidden, logits = self.audio_encoder_emo(self.hear(audio), frame_num, self._lookahead(lookahead), valid)
+        return self._emotion(self.hear(audio), frame_num, lookahead, valid)
+
+    def encode(self, audio: Tensor, frame_num: int, lookahead: int | None = None,
+               valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Both encoders on the same audio, heard once: content, emotion memory and logits."""
+        heard = self.hear(audio)
+        return (self._content(heard, frame_num, lookahead), *self._emotion(heard, frame_num, lookahead, valid))
+
+    def _content(self, heard: Tensor, frame_num: int, lookahead: int | None) -> Tensor:
+        if isinstance(self.audio_encoder_cont, Wav2Vec2Model):
+            hidden = self.audio_encoder_cont(heard, frame_num)
+        else:
+            hidden = self.audio_encoder_cont(heard, frame_num, self._lookahead(lookahead))
+        return self.audio_feature_map_cont(hidden)
+
+    def _emotion(self, heard: Tensor, frame_num: int, lookahead: int | None,
+                 valid: Tensor | None) -> tuple[Tensor, Tensor]:
+        hidden, logits = self.audio_encoder_emo(heard, frame_num, self._lookahead(lookahead), valid)
         return self.audio_feature_map_emo(hidden), logits
 
     def override_emotion(self, memory: Tensor, label: int, strength: float) -> Tensor:
@@ -204,6 +216,5 @@ class EmoTalk(nn.Module):
         """Offline full-context inference: (B, N) 16 kHz audio -> (B, T, 52) weights, emotion logits."""
         if frame_num is None:
             frame_num = frame_count(audio.shape[-1], self.cfg.sample_rate, self.cfg.fps)
-        content = self.encode_content(audio, frame_num, lookahead)
-        memory, logits = self.encode_emotion(audio, frame_num, lookahead)
+        content, memory, logits = self.encode(audio, frame_num, lookahead)
         return self.decode(content, memory, level, person), logits

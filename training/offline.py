@@ -55,8 +55,7 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0
     frames = frame_count(len(audio), model.cfg.sample_rate, model.cfg.fps)
     wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(device)
     with eval_mode(model):
-        content = model.encode_content(wave, frames, lookahead)
-        memory, logits = model.encode_emotion(wave, frames, lookahead)
+        content, memory, logits = model.encode(wave, frames, lookahead)
         if emotion is not None:
             memory = model.override_emotion(memory, emotion, strength)
         weights = model.decode(content, memory, torch.tensor([level], device=device),

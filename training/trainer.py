@@ -157,8 +157,7 @@ def validate(model: EmoTalk, clips: list[LoadedClip], device: torch.device, batc
         audio, _ = _pad([c.audio for c in group])
         labels, valid = _pad([c.labels for c in group])
         audio, labels, valid = audio.to(device), labels.to(device), valid.to(device)
-        content = model.encode_content(audio, labels.shape[1])
-        memory, logits = model.encode_emotion(audio, labels.shape[1], valid=valid)
+        content, memory, logits = model.encode(audio, labels.shape[1], valid=valid)
         pred = model.decode(content, memory,
                             torch.tensor([c.info.level for c in group], device=device),
                             torch.tensor([c.info.person for c in group], device=device))
