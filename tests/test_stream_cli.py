@@ -223,8 +223,8 @@ def test_osc_controls_change_the_face_mid_stream_and_bad_ones_are_refused(receiv
     assert "refused" in err and "level" in err
     weights = check_frames(receiver.frames, expected_frames(SAMPLE, 30), 30)
     lips = [i for region in ("jaw", "mouth") for i in REGIONS[region]]
-    assert weights[:30, INDEX["jawOpen"]].max() > 0.2
-    assert not weights[changed_at:, lips].any()
+    assert weights[:30, INDEX["jawOpen"]].max() > 0.15  # clearly open before (shut is below 0.05) ...
+    assert not weights[changed_at:, lips].any()  # ... and shut by the gains
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])

@@ -17,6 +17,7 @@ from emotalk_stream.training.checkpoint import load_model
 from emotalk_stream.training.data import by_split, load_folder, pair_groups
 from emotalk_stream.training.losses import EmoTalkLoss
 from emotalk_stream.training.model import EmoTalk
+from emotalk_stream.training.model_files import model_hash
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def test_loss_falls_on_real_pairs(tiny_corpus: Path) -> None:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert set(parts) == {"self", "cross", "velocity", "classification"}
+    assert set(parts) == {"self", "cross", "velocity", "classification", "lips"}
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -74,6 +75,31 @@ def test_train_checkpoints_and_resumes(tiny_corpus: Path, one_epoch: Path, tmp_p
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert log[1]["step"] == 2 * log[0]["step"]
+
+
+def test_init_fine_tunes_from_a_model(tiny_corpus: Path, one_epoch: Path, tmp_path: Path) -> None:
+    """--init starts from another model's weights and config (its input level unless told otherwise)."""
+    start = load_model(one_epoch / "best")
+    run = tmp_path / "tuned"
+    assert trainer.main(train_args(tiny_corpus, run, "--epochs", "1", "--init", str(one_epoch / "best"),
+                                   "--input-level", "raw")) == 0
+    tuned = load_model(run / "best")
+    assert tuned.cfg.extra["init"] == {"model": str(one_epoch / "best"), "sha256": model_hash(one_epoch / "best")}
+    assert tuned.cfg.input_level == "raw"
+    assert start.cfg.input_level == "agc"
+    changed = [not torch.equal(a, b) for a, b in zip(start.state_dict().values(), tuned.state_dict().values())]
+    assert any(changed)  # trained further, from the start model: much nearer to it than a new model is
+    distance = lambda m: sum(float((a - b).abs().sum())  # noqa: E731
+                             for a, b in zip(start.state_dict().values(), m.state_dict().values()))
+    assert distance(tuned) < 0.5 * distance(EmoTalk(start.cfg))
+
+
+def test_init_of_a_missing_model_is_one_clear_line(tiny_corpus: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    assert trainer.main(train_args(tiny_corpus, tmp_path / "run", "--epochs", "1", "--init",
+                                   str(tmp_path / "nowhere"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere" in err[0] and "Traceback" not in err[0]
 
 
 def test_same_seed_same_weights(tiny_corpus: Path, one_epoch: Path, tmp_path: Path) -> None:

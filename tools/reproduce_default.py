@@ -2,27 +2,32 @@
 
     emotalk-reproduce --work runs/default [--recipe bundled|natural] [--install] [--ablations]
 
-Two recipes. `bundled` (the default) makes the bundled model's weights: 3.5 h of espeak-ng voices,
-the light augmentation, the raw input level, 11 epochs; installed, its config gains the input level
-normaliser in front (docs/results.md#real-voices says why). `natural` is the second recipe: 2.5 h of
-espeak-ng and 2 h of flite's natural voices, the real-microphone augmentation, the level-normalised
-input, 10 epochs; measured, and not better on real voices yet.
+Two recipes. `bundled` (the default) makes the bundled model in two stages. The first trains on
+3.5 h of espeak-ng voices with the light augmentation and the raw input level for 11 epochs; its
+config then gains the input level normaliser in front. The second fine-tunes it (`emotalk-train
+--init`) for 3 epochs on 2 h of flite's natural voices with 2.5 h of espeak-ng so that nothing is
+forgotten, hearing the normaliser, with the lip-aperture loss term (docs/results.md#real-voices
+says why).
+`natural` is the second recipe: 2.5 h of espeak-ng and 2 h of flite's natural voices, the
+real-microphone augmentation, the level-normalised input, 10 epochs from scratch; measured, and not
+better on real voices.
 
 Steps, each skipped when its output already exists (so an interrupted run continues):
-1. the training corpora: espeak-ng voices (--hours) and, for `natural`, flite's natural voices; the
-   flite corpus is made in both recipes, as its held-out voice is the cross-voice split; and a fresh
-   espeak-ng evaluation corpus (--eval-seed);
-2. the `small` model with the paper's objective;
+1. the corpora: espeak-ng voices (--hours), flite's voices (whose held-out voice awb is part of the
+   cross-voice split), Festival's voices (the held-out engine: all cross-voice), for `bundled` a
+   2.5 h espeak-ng corpus for the second stage, and a fresh espeak-ng evaluation corpus (--eval-seed);
+2. the `small` model with the paper's objective (and the second stage);
 3. with --ablations, at a smaller budget (--ablation-epochs; the main run keeps a snapshot at the
    same step count): without the emotion-disentangling pairs, and for `natural` without the new
    voices and without augmentation;
 4. scores: the fresh corpus's test split, the cross-voice split, and the real recordings
-   (`emotalk-eval --voices`: default controls, `--emotion auto`, and without the voice gate);
+   (`emotalk-eval --voices`: default controls, `--emotion auto`, and without the voice gate); for
+   `bundled` the first stage too (espeak-ng only: the model without the natural voices);
 5. WORK/results.json and Markdown tables on stdout; with --install, the model is copied into the
    package as the bundled default and exported beside it as the bundled engine artifact (hop 20 ms,
    the model's look-ahead), which the runtime runs on ONNX Runtime.
 
-About 1 h 30 min (`bundled`) or 1 h 45 min (`natural`) on 2 cores without --ablations.
+About 2 h (`bundled`) or 1 h 50 min (`natural`) on 2 cores without --ablations.
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ from emotalk_stream.training.voices_eval import TARGETS, evaluate_voices, target
 
 PROG = "emotalk-reproduce"
 RECIPES = {"bundled": (3.5, 11), "natural": (2.5, 10)}  # espeak-ng hours, epochs
+TUNE_ESPEAK_HOURS, TUNE_EPOCHS, TUNE_SEED = 2.5, 3, 3  # the bundled recipe's second stage (at most --hours, --epochs)
+FESTIVAL_HOURS = 0.3  # Festival's three voices, all in the cross-voice split
 ROWS = (
     ("lip_mae", "lip MAE, mouth + jaw (lower is better)"),
     ("lip_max_error", "lip max error (lower)"),
@@ -110,7 +117,7 @@ def markdown(results: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells)
                      + f" | {_cell(first['baseline_mean_pose'].get(key))} | {_cell(first['baseline_energy'].get(key))} |")
     lines.append(f"\nTest split of a fresh corpus (seed {results['eval_corpus']['seed']}). Cross-voice split "
-                 f"(flite's held-out voice):\n")
+                 f"(flite's held-out voice awb and Festival's three voices):\n")
     lines.append("| metric | " + " | ".join(columns) + " | mean-pose baseline |")
     lines.append("|---" * (len(columns) + 2) + "|")
     for key in ("lip_mae", "jaw_open_corr", "emotion_accuracy", "emotion_ece", "upper_mae"):
@@ -130,17 +137,18 @@ def _cell(value: float | int | None) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def score(path: Path, eval_clips: list, flite_clips: list, voice_settings: dict[str, Controls]) -> dict:
-    """A checkpoint's figures on the fresh test split, the cross-voice split and the real recordings."""
+def score(path: Path, eval_clips: list, xvoice: list, train_split: list, voice_settings: dict[str, Controls]) -> dict:
+    """A checkpoint's figures on the fresh test split, the cross-voice split (`xvoice`, against the
+    mean pose of `train_split`) and the real recordings."""
     model = load_model(path)
-    test, train_split = by_split(eval_clips, "test"), by_split(eval_clips, "train")
-    xvoice, flite_train = by_split(flite_clips, CALIBRATION_SPLIT), by_split(flite_clips, "train")
+    test = by_split(eval_clips, "test")
     log(f"scoring {path}: {len(test)} test clips, {len(xvoice)} cross-voice clips, the real recordings")
     engine = Engine.from_checkpoint(path, backend="onnxruntime")
     recordings = find_clips(None)
     return {"checkpoint": str(path), "sha256": model_hash(path),
-            "test": {**evaluate(model, test, train_split, progress=True), **emotion_transfer(model, test)},
-            "xvoice": evaluate(model, xvoice, flite_train, progress=True),
+            "test": {**evaluate(model, test, by_split(eval_clips, "train"), progress=True),
+                     **emotion_transfer(model, test)},
+            "xvoice": evaluate(model, xvoice, train_split, progress=True),
             "voices": {name: evaluate_voices(engine, recordings, controls=controls)
                        for name, controls in voice_settings.items()}}
 
@@ -164,23 +172,31 @@ def reproduce(args: argparse.Namespace) -> int:
     args.epochs = epochs if args.epochs is None else args.epochs
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    espeak, flite, eval_data = work / "corpus", work / "corpus-flite", work / "eval-corpus"
-    for folder, hours, seed, voices in ((espeak, args.hours, args.seed, "espeak"),
-                                        (flite, args.flite_hours, args.seed, "flite"),
-                                        (eval_data, args.eval_hours, args.eval_seed, "espeak")):
+    bundled = args.recipe == "bundled"
+    espeak, flite, festival, eval_data = (work / n for n in ("corpus", "corpus-flite", "corpus-festival", "eval-corpus"))
+    tune_espeak = work / "corpus-tune"
+    corpora = [(espeak, args.hours, args.seed, "espeak"), (flite, args.flite_hours, args.seed, "flite"),
+               (festival, FESTIVAL_HOURS, args.seed, "festival"), (eval_data, args.eval_hours, args.eval_seed, "espeak")]
+    if bundled:
+        corpora.append((tune_espeak, min(TUNE_ESPEAK_HOURS, args.hours), args.seed, "espeak"))
+    for folder, hours, seed, voices in corpora:
         if not (folder / "metadata.csv").exists():
             log(f"generating {hours} h {voices} corpus in {folder} (seed {seed})")
             corpus.generate(folder, hours, seed, workers=args.workers, voices=voices)
     both = (espeak, flite)
     budget = args.ablation_epochs
-    bundled = args.recipe == "bundled"
     data, flags = ((espeak,), ("--augment", "light", "--input-level", "raw")) if bundled else (both, ())
     main_run = Run("run", data, args.epochs, flags, snapshots=(budget,) if args.ablations else ())
     train_run(args, work, main_run)
     checkpoints = {"model": main_run.checkpoint(work)}
     eval_clips, flite_clips = load_folder(eval_data), load_folder(flite)
+    xvoice_clips = by_split(flite_clips, CALIBRATION_SPLIT) + by_split(load_folder(festival), CALIBRATION_SPLIT)
     if bundled:
         put_normaliser_in_front(checkpoints["model"], flite_clips)
+        tune = Run("tune", (tune_espeak, flite), min(TUNE_EPOCHS, args.epochs),
+                   ("--augment", "light", "--init", str(checkpoints["model"]), "--seed", str(TUNE_SEED)))
+        train_run(args, work, tune)
+        checkpoints = {"model": tune.checkpoint(work), "first_stage": checkpoints["model"]}
     if args.ablations and bundled:
         checkpoints[f"model_epoch_{budget}"] = work / main_run.name / f"epoch-{budget}"
         no_cross = Run("run-no-cross", data, budget, flags + ("--no-cross",))
@@ -208,7 +224,7 @@ def reproduce(args: argparse.Namespace) -> int:
         settings = {"default": default}
         if key == "model":
             settings.update({"auto": auto, "no_gate": Controls(voice_gate=False)})
-        results["models"][key] = score(path, eval_clips, flite_clips, settings)
+        results["models"][key] = score(path, eval_clips, xvoice_clips, by_split(flite_clips, "train"), settings)
         (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     if args.install:
@@ -227,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/default", help="folder for corpora, runs and results")
     p.add_argument("--recipe", choices=RECIPES, default="bundled",
-                   help="bundled: the bundled model's weights; natural: with flite's voices and full augmentation")
+                   help="bundled: the bundled model (espeak-ng, then fine-tuned with flite's voices); natural: "
+                        "espeak-ng and flite from scratch with the full augmentation")
     p.add_argument("--hours", type=float, default=None,
                    help="espeak-ng training corpus size (default: 3.5 for bundled, 2.5 for natural)")
     p.add_argument("--flite-hours", type=float, default=2.0, help="flite corpus size (default 2)")

@@ -1,4 +1,4 @@
-"""emotalk-corpus: the synthetic emotional speech corpus (espeak-ng audio + ARKit-52 labels).
+"""emotalk-corpus: the synthetic emotional speech corpus (synthetic speech + ARKit-52 labels).
 
 No public emotional 3D data can be downloaded, so content and emotion are known by construction:
 espeak-ng speaks generated sentences with 24 voices, 8 emotions and 2 levels; the labels follow
@@ -9,7 +9,13 @@ trains on. Splits are by sentence, 80/10/10, so validation and test content is u
 With --voices flite the same sentences, persons (face styles), emotions and splits are spoken by
 flite's voices instead (training/flite.py; two different voices per sentence, one per person), and
 metadata.csv gains a `voice` column. Clips of the held-out voice (HELD_OUT_VOICE) get split
-`xvoice`, never train or val: a test on a voice the model has not heard.
+`xvoice`, never train or val: a test on a voice the model has not heard. --voices festival does the
+same with Festival's kal, ked and slt voices (training/festival.py), a held-out engine: all its
+clips are `xvoice`. --voices piper speaks with Piper's neural voice en_US-joe-medium
+(training/piper_voice.py; both persons of a sentence with it), split like espeak-ng's corpus.
+--voices kokoro speaks with Kokoro-82M (training/kokoro_voice.py): each person of a sentence gets
+one of its 28 English voices, or (one in three) a mix of two of them, two different voices per
+sentence; the held-out voices KOKORO_HELD_OUT, and every mix that contains one, are `xvoice`.
 
 Layout of DIR:
     metadata.csv     clip,content,emotion,level,person,split,frames,seconds,sentence[,voice]
@@ -29,6 +35,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -44,7 +51,7 @@ import torch
 import torchaudio.functional as AF
 from tqdm import tqdm
 
-from . import blendshapes, flite, visemes
+from . import blendshapes, festival, flite, kokoro_voice, piper_voice, visemes
 from .config import RAVDESS_EMOTIONS
 from .errors import UserError, add_debug_flag, run_cli
 from .espeak import Espeak, default_espeak
@@ -55,11 +62,27 @@ CORPUS_VERSION = 1
 FPS = visemes.FPS
 COLUMNS = ("clip", "content", "emotion", "level", "person", "split", "frames", "seconds", "sentence")
 SPLITS = ("train", "val", "test")
-ENGINES = ("espeak", "flite")
+ENGINES = ("espeak", "flite", "festival", "piper", "kokoro")
 HELD_OUT_VOICE = "awb"  # the flite voice kept out of training: its clips are split "xvoice"
+HELD_OUT_ENGINE = "festival"  # the engine kept out of training: all its clips are split "xvoice"
+# The Kokoro voices kept out of training, a woman and a man of each accent (US, UK): their clips,
+# and those of every mix that contains one of them, are split "xvoice".
+KOKORO_HELD_OUT = ("af_sarah", "am_michael", "bf_isabella", "bm_fable")
+KOKORO_MIX_SHARE = 1 / 3  # the share of Kokoro persons who speak with a mix of two voices
+# A mix's first voice's share: always the larger one, so that every (first, second, share) is a
+# speaker of its own (28 x 27 x 3 mixes besides the 28 voices).
+KOKORO_MIX_WEIGHTS = (0.55, 0.7, 0.85)
 XVOICE = "xvoice"
 PERSONS_PER_SENTENCE = 2
 EMOTIONS_PER_PERSON = 4
+# Engines whose sentences get two different voices, each drawn from a random stream of its own.
+# Kokoro's two draws are then each made a mix or not (kokoro_mix).
+VOICE_DRAWS = {"flite": (0xF117E, flite.VOICES), "festival": (0xFE571, festival.VOICES),
+               "kokoro": (0xC0C0A, kokoro_voice.VOICES)}
+ENGINE_OF = {voice: engine for engine, voices in
+             (("flite", flite.VOICES), ("festival", festival.VOICES), ("piper", piper_voice.VOICES),
+              ("kokoro", kokoro_voice.VOICES))
+             for voice in voices}
 SILENCE_S = (0.15, 0.6)  # leading and trailing silence, each drawn from this range
 NOISE_RMS = 3e-4  # the noise floor under the whole clip (about -70 dBFS)
 
@@ -77,26 +100,26 @@ def frame_count(samples: int) -> int:
 
 def synthesize_clip(sentence: str, person_index: int, emotion: str, level: int,
                     rng: np.random.Generator, espeak: Espeak | None = None,
-                    flite_voice: str | None = None) -> Clip:
+                    voice_name: str | None = None) -> Clip:
     """Speak one sentence as one person with one emotion and level; audio, labels, phoneme events.
 
-    espeak-ng speaks with the person's voice, or flite with `flite_voice` when given (the person
-    then sets the face style and the prosody offsets). `rng` decides the take-to-take variation
-    (small prosody jitter, silence lengths, noise), so the same generator state gives the same clip.
+    espeak-ng speaks with the person's voice, or the engine of `voice_name` (a flite, Festival,
+    Piper or Kokoro voice, or a Kokoro mix's label) when given: the person then sets the face style
+    and the prosody offsets. `rng` decides the take-to-take variation (small prosody jitter, silence
+    lengths, noise), so the same generator state gives the same clip.
     """
     if emotion not in EMOTIONS:
         raise ValueError(f"emotion must be one of {', '.join(RAVDESS_EMOTIONS)}, got {emotion!r}")
     if level not in (0, 1):
         raise ValueError(f"level must be 0 or 1, got {level!r}")
     who, style, strength = person(person_index), EMOTIONS[emotion], STRENGTH[level]
-    if flite_voice is None:
+    if voice_name is None:
         spoken = (espeak or default_espeak()).synthesize(sentence, voice(who, style, strength, rng),
                                                           seed=int(rng.integers(2**31)))
         samples, rate = spoken.samples.astype(np.float32) / 32768.0, spoken.sample_rate
         events = [(e.sample / rate, e.name) for e in spoken.phonemes]
     else:
-        settings = flite.prosody_for(who, style, strength, rng)
-        said = flite.default_flite().synthesize(sentence, flite_voice, settings)
+        said = _speak(sentence, voice_name, flite.prosody_for(who, style, strength, rng), rng)
         samples, rate, events = said.samples, said.sample_rate, list(said.phones)
 
     speech = AF.resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()
@@ -122,6 +145,60 @@ def synthesize_clip(sentence: str, person_index: int, emotion: str, level: int,
     return Clip(audio, labels, [(p.start, p.end, p.name) for p in phones])
 
 
+def engine_of(voice_name: str) -> str | None:
+    """The engine that has `voice_name` (a Kokoro mix's label is Kokoro's), or None."""
+    if voice_name in ENGINE_OF:
+        return ENGINE_OF[voice_name]
+    try:
+        kokoro_voice.parse(voice_name)
+    except ValueError:
+        return None
+    return "kokoro"
+
+
+def held_out(voice_name: str | None) -> bool:
+    """Whether a clip of `voice_name` goes to the xvoice split: flite's HELD_OUT_VOICE, any voice of
+    HELD_OUT_ENGINE, a Kokoro voice of KOKORO_HELD_OUT or a mix that contains one."""
+    if not voice_name:
+        return False
+    engine = engine_of(voice_name)
+    if engine == "kokoro":
+        mixed = kokoro_voice.parse(voice_name)
+        return bool({mixed.name, mixed.other} & set(KOKORO_HELD_OUT))
+    return voice_name == HELD_OUT_VOICE or engine == HELD_OUT_ENGINE
+
+
+def kokoro_mix(name: str, rng: np.random.Generator) -> str:
+    """`name`, or (KOKORO_MIX_SHARE of the time) the label of a mix of it, as the larger share,
+    with another Kokoro voice. Always three draws from `rng`, mix or not."""
+    chance = rng.random()
+    other = int(rng.integers(len(kokoro_voice.VOICES) - 1))
+    weight = KOKORO_MIX_WEIGHTS[int(rng.integers(len(KOKORO_MIX_WEIGHTS)))]
+    if chance >= KOKORO_MIX_SHARE:
+        return name
+    others = [voice for voice in kokoro_voice.VOICES if voice != name]
+    return kokoro_voice.mix(name, others[other], weight).label
+
+
+def _speak(sentence: str, voice_name: str, prosody: flite.Prosody, rng: np.random.Generator) -> flite.Synthesis:
+    """`sentence` spoken by the engine that has `voice_name`."""
+    engine = engine_of(voice_name)
+    if engine == "flite":
+        return flite.default_flite().synthesize(sentence, voice_name, prosody)
+    if engine == "festival":
+        return festival.default_festival().synthesize(sentence, voice_name, prosody)
+    if engine == "piper":
+        return piper_voice.default_piper().synthesize(sentence, prosody, seed=int(rng.integers(2**31)))
+    if engine == "kokoro":
+        # Kokoro's one control is its speed (0.5 to 2): rate is speed, volume a gain, and the F0
+        # level and range stay the voice's own, as with Piper.
+        speed = min(max(prosody.rate, 0.5), 2.0)
+        audio, phones = kokoro_voice.default_kokoro().synthesize(sentence, kokoro_voice.parse(voice_name), speed)
+        return flite.Synthesis(audio * np.float32(prosody.volume), SAMPLE_RATE,
+                               tuple((start, label) for label, start, _ in phones))
+    raise ValueError(f"no engine has a voice {voice_name!r}; voices: {', '.join(ENGINE_OF)}")
+
+
 def accents(audio: np.ndarray, phones: list[visemes.Segment]) -> list[tuple[float, float]]:
     """(time, prominence) of stressed vowels, found from the audio: louder and longer than usual.
 
@@ -143,7 +220,7 @@ class Take:
     person: int
     emotion: str
     level: int
-    voice: str | None = None  # a flite voice, or None for the person's espeak-ng voice
+    voice: str | None = None  # a flite, Festival, Piper or Kokoro voice or mix; None: the person's espeak-ng voice
 
 
 @dataclass(frozen=True)
@@ -162,12 +239,13 @@ def split_of(index: int, seed: int) -> str:
 
 
 def jobs(seed: int, engine: str = "espeak") -> Iterator[SentenceJob]:
-    """Sentences in order with their persons, emotions and levels (and flite voices).
+    """Sentences in order with their persons, emotions and levels (and voices of other engines).
 
     Every 12 sentences use all 24 persons once; every sentence uses all 8 emotions once (4 per
-    person), so persons and emotions stay balanced in any prefix of the corpus. With flite the two
-    persons of a sentence get two different voices, drawn from a stream of their own so that the
-    rest is the same as in the espeak-ng corpus.
+    person), so persons and emotions stay balanced in any prefix of the corpus. With flite, Festival
+    or Kokoro the two persons of a sentence get two different voices, drawn from a stream of their
+    own so that the rest is the same as in the espeak-ng corpus (Kokoro's each a mix or not:
+    kokoro_mix); with Piper both speak with its voice.
     """
     for index, text in enumerate(sentences(seed)):
         people = np.random.default_rng([seed, 0x9E45, index // 12]).permutation(PERSONS)
@@ -176,10 +254,15 @@ def jobs(seed: int, engine: str = "espeak") -> Iterator[SentenceJob]:
         order = rng.permutation(len(RAVDESS_EMOTIONS))
         levels = rng.integers(0, 2, len(order))
         voices: list[str | None] = [None] * PERSONS_PER_SENTENCE
-        if engine == "flite":
-            picks = np.random.default_rng([seed, 0xF117E, index]).choice(len(flite.VOICES), PERSONS_PER_SENTENCE,
-                                                                         replace=False)
-            voices = [flite.VOICES[k] for k in picks]
+        if engine in VOICE_DRAWS:
+            stream, names = VOICE_DRAWS[engine]
+            draws = np.random.default_rng([seed, stream, index])
+            picks = draws.choice(len(names), PERSONS_PER_SENTENCE, replace=False)
+            voices = [names[k] for k in picks]
+            if engine == "kokoro":  # two different first voices: two different speakers, mixed or not
+                voices = [kokoro_mix(name, draws) for name in voices]
+        elif engine == "piper":
+            voices = [piper_voice.VOICE] * PERSONS_PER_SENTENCE
         takes = tuple(Take(int(pair[i // EMOTIONS_PER_PERSON]), RAVDESS_EMOTIONS[e], int(lv),
                            voices[i // EMOTIONS_PER_PERSON])
                       for i, (e, lv) in enumerate(zip(order, levels)))
@@ -187,7 +270,9 @@ def jobs(seed: int, engine: str = "espeak") -> Iterator[SentenceJob]:
 
 
 def clip_id(index: int, take: Take) -> str:
-    voice = f"_{take.voice}" if take.voice else ""
+    """`s00003_p07_slt_sad_1`; a Kokoro mix as `af_heart55-am_adam45` (no dot, so Path.with_suffix
+    and Path.stem keep the whole name)."""
+    voice = "_" + re.sub(r"@0[.](\d\d)", r"\1", take.voice).replace("+", "-") if take.voice else ""
     return f"s{index:05d}_p{take.person:02d}{voice}_{take.emotion}_{take.level}"
 
 
@@ -207,7 +292,7 @@ def render(job: SentenceJob, espeak: Espeak | None = None) -> list[_Rendered]:
         soundfile.write(wav, clip.audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         np.save(npy, clip.labels)
         align = json.dumps([[round(s, 4), round(e, 4), p] for s, e, p in clip.phonemes])
-        split = XVOICE if take.voice == HELD_OUT_VOICE else job.split
+        split = XVOICE if held_out(take.voice) else job.split
         row = {"clip": name, "content": job.index, "emotion": take.emotion, "level": take.level,
                "person": take.person, "split": split, "frames": int(clip.labels.shape[0]),
                "seconds": round(len(clip.audio) / SAMPLE_RATE, 4), "sentence": job.text}
@@ -282,7 +367,7 @@ def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bo
              progress: bool = True, espeak_library: str | None = None, voices: str = "espeak") -> CorpusSummary:
     """Write a corpus of at least `hours` of audio to `out` (whole sentences, so slightly more).
 
-    `voices` is the speech engine: "espeak" (espeak-ng) or "flite".
+    `voices` is the speech engine: "espeak" (espeak-ng), "flite", "festival", "piper" or "kokoro".
     """
     if not (hours > 0 and math.isfinite(hours)):
         raise UserError(f"--hours must be greater than 0, got {hours}: e.g. --hours 3")
@@ -295,6 +380,24 @@ def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bo
     if voices == "flite":
         engine_settings = {"voices": "flite", "flite": flite.default_flite().version,
                            "flite_voices": list(flite.VOICES), "held_out_voice": HELD_OUT_VOICE}
+        columns, split_names = COLUMNS + ("voice",), SPLITS + (XVOICE,)
+    elif voices == "festival":
+        engine_settings = {"voices": "festival", "festival": festival.default_festival().version,
+                           "festival_voices": list(festival.VOICES), "held_out_voices": list(festival.VOICES)}
+        columns, split_names = COLUMNS + ("voice",), SPLITS + (XVOICE,)
+    elif voices == "piper":
+        engine_settings = {"voices": "piper", "piper": piper_voice.default_piper().version,
+                           "piper_voices": list(piper_voice.VOICES),
+                           "piper_alignment_shift_s": piper_voice.ALIGNMENT_SHIFT_S}
+        columns, split_names = COLUMNS + ("voice",), SPLITS
+    elif voices == "kokoro":
+        problem = kokoro_voice.missing()  # checked here: with workers, only they load the model
+        if problem:
+            raise UserError(problem)
+        engine_settings = {"voices": "kokoro", "kokoro": kokoro_voice.version(),
+                           "kokoro_voices": list(kokoro_voice.VOICES), "kokoro_mix_share": round(KOKORO_MIX_SHARE, 4),
+                           "kokoro_mix_weights": list(KOKORO_MIX_WEIGHTS),
+                           "held_out_voices": list(KOKORO_HELD_OUT)}
         columns, split_names = COLUMNS + ("voice",), SPLITS + (XVOICE,)
     else:
         espeak = Espeak(espeak_library) if espeak_library else default_espeak()
@@ -357,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthesis processes (default: the CPU count, at most 4; output is the same "
                              "for any number)")
     parser.add_argument("--voices", choices=ENGINES, default="espeak",
-                        help="speech engine: espeak (espeak-ng, 24 voices; default) or flite (kal, kal16, awb, "
-                             f"rms, slt; {HELD_OUT_VOICE}'s clips form the {XVOICE} split)")
+                        help="speech engine: espeak (espeak-ng, 24 voices; default), flite (kal, kal16, awb, "
+                             f"rms, slt; {HELD_OUT_VOICE}'s clips form the {XVOICE} split), festival "
+                             f"({', '.join(festival.VOICES)}; all its clips form the {XVOICE} split), piper "
+                             f"({piper_voice.VOICE}) or kokoro (Kokoro-82M: {len(kokoro_voice.VOICES)} voices "
+                             f"and mixes of two; {', '.join(KOKORO_HELD_OUT)} and their mixes form the "
+                             f"{XVOICE} split; slow)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace clips/, metadata.csv and corpus.json in a non-empty --out")
     add_debug_flag(parser)

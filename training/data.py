@@ -23,7 +23,7 @@ from .config import RAVDESS_EMOTIONS
 from .errors import UserError
 from .livelink_csv import read_csv
 
-SPLITS = ("train", "val", "test", "xvoice")  # xvoice: a held-out voice (emotalk-corpus --voices flite)
+SPLITS = ("train", "val", "test", "xvoice")  # xvoice: held-out voices (emotalk-corpus --voices flite, festival, kokoro)
 METADATA = "metadata.csv"
 
 

@@ -1,6 +1,7 @@
 """`emotalk-train`: train an EmoTalk model on a data folder with the paper's objective.
 
     emotalk-train --config small --data DATA --out RUN [--epochs N] [--resume]
+    emotalk-train --init default --data DATA --out RUN --epochs 3      # fine-tune a model
     torchrun --standalone --nproc-per-node 2 -m emotalk_stream.training.trainer --config small --data DATA --out RUN
 
 Writes RUN/last (weights + optimizer, for --resume), RUN/best (lowest validation loss, with the
@@ -35,6 +36,7 @@ from .errors import UserError, add_debug_flag, run_cli
 from .input_level import MODES
 from .losses import EmoTalkLoss, PairBatch, masked_mse
 from .model import EmoTalk
+from .model_files import model_hash, resolve_checkpoint
 
 PROG = "emotalk-train"
 AUGMENTATIONS = ("full", "light", "none")
@@ -266,6 +268,9 @@ def train(args: argparse.Namespace) -> int:
         raise UserError(f"--resume: no checkpoint at {resume_from}; start without --resume")
     if not args.resume and (out / "last").exists():
         raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
+    init = None  # where a fine-tuning run starts (name, weights' hash); checked before the data loads
+    if args.init and not args.resume:
+        init = {"model": str(args.init), "sha256": model_hash(resolve_checkpoint(args.init))}
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -282,8 +287,10 @@ def train(args: argparse.Namespace) -> int:
         raise UserError(f"{' '.join(args.data)} has no cross-reconstruction pairs (same content and person, "
                         "different emotions) in its train split; generate it with emotalk-corpus")
 
-    if args.resume:
-        model = load_model(resume_from, device=device)
+    if args.resume or args.init:
+        model = load_model(resume_from if args.resume else args.init, device=device)
+        if args.init and args.input_level is not None:
+            model.cfg = replace(model.cfg, input_level=args.input_level)
         cfg = model.cfg
     else:
         model = EmoTalk(cfg).to(device)
@@ -295,6 +302,8 @@ def train(args: argparse.Namespace) -> int:
     state = {"epoch": 0, "step": 0, "best_val_loss": math.inf}
     if args.resume:
         state = load_optimizer(optimizer, resume_from)
+        init = state.get("init")
+    state["init"] = init
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
         params = sum(p.numel() for p in model.parameters())
@@ -354,7 +363,7 @@ def train(args: argparse.Namespace) -> int:
         dist.barrier()
         dist.destroy_process_group()
     if main_rank:
-        provenance = {"data": [str(d) for d in args.data], "seed": args.seed,
+        provenance = {"data": [str(d) for d in args.data], "seed": args.seed, "init": init,
                       "cross_reconstruction": not args.no_cross, "augmentation": args.augment}
         held_out = CALIBRATION_SPLIT if any(c.split == CALIBRATION_SPLIT for c in clips) else "val"
         calibration = load_clips(by_split(clips, held_out)[: args.val_limit], cfg, f"calibrating on {held_out}", quiet)
@@ -381,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from this model's weights and config (default, a checkpoint folder); "
+                        "--config is then ignored")
     p.add_argument("--no-cross", action="store_true",
                    help="ablation: train without cross-reconstruction (self reconstruction only)")
     p.add_argument("--augment", choices=AUGMENTATIONS, default="full",
