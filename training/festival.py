@@ -26,7 +26,7 @@ import soundfile
 
 from .audio import SAMPLE_RATE, resample
 from .errors import UserError
-from .flite import ARPABET, Prosody, Synthesis
+from .flite import ARPABET, Prosody, Synthesis, phone_starts
 
 INSTALL_COMMAND = "apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
 INSTALL_HINT = f"festival is not installed: {INSTALL_COMMAND}"
@@ -118,11 +118,10 @@ class Festival:
                       f"(utt.save.wave utt {scheme_string(str(folder / 'speech.wav'))} 'riff)\n", folder)
             samples, native = soundfile.read(folder / "speech.wav", dtype="float32")
             ends = parse_segs((folder / "speech.segs").read_text())
-        starts = [0.0] + [end for _, end in ends[:-1]]
         # The HTS voice: played back `shift` times faster, so every time is `shift` times shorter.
         rate = int(round(native * shift))
         audio = resample(samples * prosody.volume, rate, SAMPLE_RATE)
-        phones = tuple((start * native / rate, PHONES[name]) for start, (name, _) in zip(starts, ends))
+        phones = phone_starts(ends, PHONES, native, rate)
         return Synthesis(audio.astype(np.float32), SAMPLE_RATE, phones)
 
 

@@ -130,12 +130,19 @@ class Flite:
             if done.returncode != 0 or not wav.exists():
                 raise RuntimeError(f"flite failed ({done.returncode}): {done.stderr.strip()}")
             samples, native = soundfile.read(wav, dtype="float32")
-        ends = parse_phones(done.stdout)
-        starts = [0.0] + [end for _, end in ends[:-1]]
         # rms: played back `shift` times faster, which raises its pitch; its stretch compensated.
         rate = int(round(native * shift))
-        phones = tuple((start * native / rate, ARPABET[name]) for start, (name, _) in zip(starts, ends))
+        phones = phone_starts(parse_phones(done.stdout), ARPABET, native, rate)
         return Synthesis((samples * prosody.volume).astype(np.float32), rate, phones)
+
+
+def phone_starts(ends: list[tuple[str, float]], names: dict[str, str], native: int, rate: int
+                 ) -> tuple[tuple[float, str], ...]:
+    """(start_s, phone) from an engine's (name, end_s) list: each phone starts where the one before
+    ends; times of audio made at `native` Hz and played back at `rate` Hz (faster, to raise a voice's
+    pitch); names mapped through `names` to the viseme table's."""
+    starts = [0.0] + [end for _, end in ends[:-1]]
+    return tuple((start * native / rate, names[name]) for start, (name, _) in zip(starts, ends))
 
 
 def default_flite() -> Flite:
