@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..training.config import ModelConfig
 from ..training.errors import UserError
 from ..training.framing import ENCODER_HOP, POS_CONV_KERNEL
-from ..training.model import EmoTalk
+from ..training.model import EmoTalk, blend_to_prototype, shift_to_prototype
 from ..training.streaming_encoder import EncoderLayer, StreamingEncoder
 from .interface import (
     AUDIO_CONTEXT, StepInterface, TensorSpec, check_streamable, encoder_state_specs, frame_ratio, input_specs, output_slots,
@@ -225,8 +225,15 @@ class SmallStreamingStep(nn.Module):
         content = model.audio_feature_map_cont(self.interpolate(content, offset, frac))
         emo_hidden = self.interpolate(emo, offset, frac)
         memory = model.audio_feature_map_emo(emo_hidden)
-        target = emotion @ model.emotion_prototypes  # (B, d_model): a label's prototype, or a blend
-        memory = torch.lerp(memory, target[:, None, :].expand_as(memory), emotion_strength[:, None, None])
+        counted = ready.to(audio.dtype)
+        # Each frame's running mean of the emotion features over the stream so far (the map is
+        # affine, so mapping the mean gives the mean memory): the baseline the override shifts.
+        seen = states["emo_sum"][:, None, :] + (emo_hidden * counted[..., None]).cumsum(dim=1)
+        count = states["emo_count"][:, None] + counted.cumsum(dim=1)
+        baseline = model.audio_feature_map_emo(seen / count.clamp(min=1.0)[..., None])
+        target = (emotion @ model.emotion_prototypes)[:, None, :]  # a label's prototype, or a blend
+        attended = shift_to_prototype(memory, baseline, target, emotion_strength)  # as EmoTalk.override_emotion
+        memory = blend_to_prototype(memory, target, emotion_strength)
 
         batch, slots = frames.shape
         level_emb = model.obj_vector_level(torch.stack([1.0 - level, level], dim=-1))
@@ -234,14 +241,12 @@ class SmallStreamingStep(nn.Module):
         tgt = torch.cat([content, F.relu(model.audio_feature_map_emo2(memory)),
                          level_emb[:, None, :].expand(batch, slots, -1),
                          person_emb[:, None, :].expand(batch, slots, -1)], dim=-1)
-        decoded, decoder_state = self.decode(tgt, memory, next_frame, n_frames, states)
+        decoded, decoder_state = self.decode(tgt, attended, next_frame, n_frames, states)
         new.update(decoder_state)
         new["next_frame"] = next_frame + n_frames
 
         weights = model.bs_map_r(decoded).clamp(0.0, 1.0)
-        counted = ready.to(audio.dtype)
-        new["emo_sum"] = states["emo_sum"] + (emo_hidden * counted[..., None]).sum(dim=1)
-        new["emo_count"] = states["emo_count"] + counted.sum(dim=1)
+        new["emo_sum"], new["emo_count"] = seen[:, -1], count[:, -1]
         pooled = new["emo_sum"] / new["emo_count"].clamp(min=1.0)[:, None]
         logits = model.audio_encoder_emo.classifier(pooled)
         return {"weights": weights, "n_frames": n_frames, "emotion_logits": logits}, new

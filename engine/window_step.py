@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..training.errors import UserError
 from ..training.framing import ENCODER_HOP, frame_count
-from ..training.model import EmoTalk
+from ..training.model import EmoTalk, blend_to_prototype, running_mean, shift_to_prototype
 from .interface import TensorSpec, input_specs, output_specs
 
 CNN_RECEPTIVE_FIELD = 400  # samples of wav2vec2's feature encoder per 50 Hz frame
@@ -65,9 +65,11 @@ class WindowStreamingStep(nn.Module):
         received = (step + 1) * self.hop_samples  # samples of the stream up to the window's end
         content = model.encode_content(window, self.window_frames)
         memory, logits = model.encode_emotion(window, self.window_frames)
-        target = emotion @ model.emotion_prototypes
-        memory = torch.lerp(memory, target[:, None, :].expand_as(memory), emotion_strength[:, None, None])
-        decoded = model.decode(content, memory, level, person).clamp(0.0, 1.0)  # (B, window_frames, 52)
+        target = (emotion @ model.emotion_prototypes)[:, None, :]
+        # The override as EmoTalk.override_emotion, with the window's running mean as the baseline.
+        attended = shift_to_prototype(memory, running_mean(memory), target, emotion_strength)
+        memory = blend_to_prototype(memory, target, emotion_strength)
+        decoded = model.decode(content, memory, level, person, attended).clamp(0.0, 1.0)  # (B, window_frames, 52)
 
         frames = next_frame[:, None] + torch.arange(self.slots, device=audio.device)
         at = frames.double() * self.samples_per_frame  # each frame's sample in the stream

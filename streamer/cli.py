@@ -22,6 +22,19 @@ PROG = console_module.PROG
 TOKEN_ENV = "EMOTALK_TOKEN"  # --token's default, kept out of `ps`
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model and engine options, the same for every command that streams (`emotalk-serve` too)."""
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default="default", metavar="default|PATH",
+                       help="default: the bundled model on ONNX Runtime; or a checkpoint folder (needs the train extra)")
+    model.add_argument("--engine", metavar="DIR", help="an engine exported by emotalk-export (instead of --model)")
+    model.add_argument("--backend", choices=BACKENDS, help="onnxruntime for the bundled model and --engine (their "
+                       "default), torch for a checkpoint (its default)")
+    model.add_argument("--lookahead-ms", type=int, metavar="MS", help="future audio the model waits for (default the "
+                       "model's own, 40; another value needs the train extra)")
+    model.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the engine (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Stream 52 ARKit blendshapes with emotion from a voice "
                                 "to VTuber apps (OSC/VMC), Unreal Engine (Live Link Face) and browsers (WebSocket).")
@@ -38,15 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--stdin-rate", type=int, default=16000, metavar="HZ", help="--stdin sample rate (default 16000)")
     src.add_argument("--stdin-channels", type=int, default=1, metavar="N", help="--stdin channels, mixed down")
 
-    model = p.add_argument_group("model")
-    model.add_argument("--model", default="default", metavar="default|PATH",
-                       help="default: the bundled model on ONNX Runtime; or a checkpoint folder (needs the train extra)")
-    model.add_argument("--engine", metavar="DIR", help="an engine exported by emotalk-export (instead of --model)")
-    model.add_argument("--backend", choices=BACKENDS, help="onnxruntime for the bundled model and --engine (their "
-                       "default), torch for a checkpoint (its default)")
-    model.add_argument("--lookahead-ms", type=int, metavar="MS", help="future audio the model waits for (default the "
-                       "model's own, 40; another value needs the train extra)")
-    model.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the engine (default 1)")
+    add_model_options(p)
 
     out = p.add_argument_group("outputs (any number)")
     out.add_argument("--osc", action="append", default=[], metavar="HOST:PORT", help="OSC over UDP, e.g. 127.0.0.1:39539 for VSeeFace")

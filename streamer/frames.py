@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..training.blendshapes import COUNT
+from ..training.blendshapes import COUNT, NAMES
 
 
 @dataclass(frozen=True)
@@ -28,3 +28,15 @@ class OutFrame:
 def neutral_frame(index: int, fps: int) -> OutFrame:
     """The rest pose (all weights 0) that ends every stream, so no avatar freezes mid-expression."""
     return OutFrame(index, index / fps, fps, np.zeros(COUNT, dtype=np.float32), final=True)
+
+
+def frame_fields(frame: OutFrame) -> dict:
+    """A frame as the WebSocket JSON outputs send it (the streamer's `--ws`, `emotalk-serve`)."""
+    return {
+        "frame": frame.index,
+        "time": round(frame.time, 6),
+        "fps": frame.fps,
+        "weights": {name: round(float(w), 4) for name, w in zip(NAMES, frame.weights)},
+        "emotion": frame.emotion,
+        "final": frame.final,
+    }

@@ -1,6 +1,6 @@
 """Frames as JSON over WebSocket to browser avatars, plus the live viewer page on the same port.
 
-    GET /            the viewer (streamer/viewer/index.html)
+    GET /            the viewer (streamer/viewer/index.html), and the face.js and viewer.css it loads
     WebSocket /ws    one JSON text message per frame, to every client:
                      {"frame": 12, "time": 0.4, "fps": 30, "weights": {"browDownLeft": 0.0123, ...all 52},
                       "emotion": "happy" | null, "final": false}
@@ -39,19 +39,22 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from ..training.blendshapes import NAMES
 from ..training.errors import UserError
 from .address import all_interfaces
 from .controls import MAX_JSON_BYTES, ControlBoard
-from .frames import OutFrame
+from .frames import OutFrame, frame_fields
 from .sink import Sink
 
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 # The only files ever served, from streamer/viewer/: request paths are looked up here and never
-# joined to a folder, so no path can reach another file.
-PAGES = {"/": "index.html", "/index.html": "index.html"}
+# joined to a folder, so no path can reach another file. The face and the look are shared with
+# emotalk-serve's demo page, which serves `SHARED` too.
+SHARED = {"/face.js": "face.js", "/viewer.css": "viewer.css"}
+PAGES = {"/": "index.html", "/index.html": "index.html", **SHARED}
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8"}
 MAX_MESSAGE_BYTES = 16 * MAX_JSON_BYTES  # larger messages close that client (1009); smaller ones get a reply
 START_TIMEOUT_S = 10.0
 STALL_S = 2.0  # a client whose queue stays full this long has stopped reading and is disconnected
@@ -62,8 +65,8 @@ CLOSE_TIMEOUT_S = 0.5  # for the closing handshakes; connections still open then
 # queue instead of receiving seconds-old ones from the kernel's buffer.
 SEND_BUFFER_BYTES = 32 * 1024
 WRITE_LIMIT_BYTES = 4 * 1024
-# Inline CSS and JS only; no request leaves the viewer's own server.
-VIEWER_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+# The viewer's own files and its inline script only; no request leaves the viewer's own server.
+VIEWER_CSP = ("default-src 'none'; style-src 'self'; script-src 'self' 'unsafe-inline'; "
               "connect-src 'self'; img-src 'self' data:")
 
 
@@ -117,8 +120,7 @@ class WebSocketSink(Sink):
         return f"http://{self._address()}/"
 
     def _address(self) -> str:
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"{f'[{host}]' if ':' in host else host}:{self.port}"
+        return local_address(self.host, self.port)
 
     def _open(self) -> None:
         viewer = resources.files(__package__).joinpath("viewer")
@@ -169,14 +171,7 @@ class WebSocketSink(Sink):
                 f"machine, 127.0.0.1 for this machine only or 0.0.0.0 for every network")
 
     def _send(self, frame: OutFrame) -> None:
-        text = json.dumps({
-            "frame": frame.index,
-            "time": round(frame.time, 6),
-            "fps": frame.fps,
-            "weights": {name: round(float(w), 4) for name, w in zip(NAMES, frame.weights)},
-            "emotion": frame.emotion,
-            "final": frame.final,
-        }, separators=(",", ":"))
+        text = json.dumps(frame_fields(frame), separators=(",", ":"))
         if self.lossless:  # every client gets every frame, or is disconnected when it stalls
             asyncio.run_coroutine_threadsafe(self._deliver_all(text), self._loop).result()
         else:
@@ -239,7 +234,7 @@ class WebSocketSink(Sink):
             log.info("%s: refused %s: %s", self.name, _peer(connection), refusal[1])
             return _refuse(*refusal)
         if path in PAGES and "Upgrade" not in request.headers:
-            return _response(http.HTTPStatus.OK, "text/html; charset=utf-8", self._files[PAGES[path]],
+            return _response(http.HTTPStatus.OK, content_type_of(PAGES[path]), self._files[PAGES[path]],
                              {"Cache-Control": "no-cache", "Content-Security-Policy": VIEWER_CSP})
         return _response(http.HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8",
                          f"not found; the viewer is at / and frames are at {WS_PATH}\n".encode())
@@ -249,17 +244,8 @@ class WebSocketSink(Sink):
         hosts = headers.get_all("Host")
         if not all(self._origin_allowed(origin, hosts) for origin in headers.get_all("Origin")):
             return http.HTTPStatus.FORBIDDEN, "origin not allowed; start emotalk-stream with --allow-origin ORIGIN"
-        if self._token is None:
-            return None
-        # Header values and this query are decoded as latin-1 here: encoding back gives the bytes sent.
-        given = parse_qs(query, encoding="latin-1").get("token", [])
-        given += [credentials.strip() for scheme, _, credentials in
-                  (value.partition(" ") for value in headers.get_all("Authorization")) if scheme.lower() == "bearer"]
-        if not given:
-            return http.HTTPStatus.UNAUTHORIZED, "token required: add ?token=TOKEN or send Authorization: Bearer TOKEN"
-        if not any(hmac.compare_digest(token.encode("latin-1"), self._token) for token in given):
-            return http.HTTPStatus.UNAUTHORIZED, "wrong token"
-        return None
+        reason = token_refusal(headers, query, self._token)
+        return None if reason is None else (http.HTTPStatus.UNAUTHORIZED, reason)
 
     def _origin_allowed(self, origin: str, hosts: list[str]) -> bool:
         """The viewer's own origin (the host this request was sent to), or one the user allowed."""
@@ -363,6 +349,11 @@ def _response(status: http.HTTPStatus, content_type: str, body: bytes,
     return Response(status.value, status.phrase, headers, body)
 
 
+def content_type_of(name: str) -> str:
+    """The Content-Type of one of the pages' files, by its suffix."""
+    return CONTENT_TYPES[name[name.rindex("."):]]
+
+
 def _refuse(status: http.HTTPStatus, reason: str) -> Response:
     extra = {"WWW-Authenticate": "Bearer"} if status == http.HTTPStatus.UNAUTHORIZED else None
     return _response(status, "text/plain; charset=utf-8", f"{reason}\n".encode(), extra)
@@ -385,3 +376,24 @@ def _origin_key(origin: str) -> str:
 def _peer(connection: ServerConnection) -> str:
     address = connection.remote_address
     return f"{address[0]}:{address[1]}" if address else "unknown"
+
+
+def local_address(host: str, port: int) -> str:
+    """HOST:PORT as a client on this machine reaches a server listening on `host`."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def token_refusal(headers: Headers, query: str, token: bytes | None) -> str | None:
+    """Why a request without the right token is refused (`?token=` or `Authorization: Bearer`), or None."""
+    if token is None:
+        return None
+    # Header values and this query are decoded as latin-1 here: encoding back gives the bytes sent.
+    given = parse_qs(query, encoding="latin-1").get("token", [])
+    given += [credentials.strip() for scheme, _, credentials in
+              (value.partition(" ") for value in headers.get_all("Authorization")) if scheme.lower() == "bearer"]
+    if not given:
+        return "token required: add ?token=TOKEN or send Authorization: Bearer TOKEN"
+    if not any(hmac.compare_digest(value.encode("latin-1"), token) for value in given):
+        return "wrong token"
+    return None

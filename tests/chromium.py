@@ -83,12 +83,12 @@ def devtools_address(process: subprocess.Popen, timeout: float = 30.0) -> str:
 
 
 @contextlib.contextmanager
-def open_tab(tmp_path: Path) -> Iterator[Tab]:
-    """A headless Chromium with one tab, killed with its renderers afterwards."""
+def open_tab(tmp_path: Path, *flags: str) -> Iterator[Tab]:
+    """A headless Chromium, started with extra `flags`, with one tab; killed with its renderers afterwards."""
     process = subprocess.Popen(
         [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0", "--hide-scrollbars",
+         f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0", "--hide-scrollbars", *flags,
          "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -55,7 +55,19 @@ def declared() -> dict[str, list[Requirement]]:
     project = pyproject()["project"]
     groups = {"runtime": project["dependencies"]}
     groups.update({extra: project["optional-dependencies"][extra] for extra in LOCKED_EXTRAS})
-    return {group: [Requirement(r) for r in reqs] for group, reqs in groups.items()}
+    return {group: expand(project, [Requirement(r) for r in reqs]) for group, reqs in groups.items()}
+
+
+def expand(project: dict, reqs: list[Requirement]) -> list[Requirement]:
+    """`reqs` with the project's own extras (`emotalk-stream[serve]` in another extra) replaced by theirs."""
+    out: list[Requirement] = []
+    for req in reqs:
+        if canon(req.name) == PROJECT:
+            out += expand(project, [Requirement(r) for extra in sorted(req.extras)
+                                    for r in project["optional-dependencies"][extra]])
+        else:
+            out.append(req)
+    return out
 
 
 def installed() -> dict[str, str]:

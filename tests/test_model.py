@@ -105,10 +105,17 @@ def test_level_blend_and_emotion_override(model: EmoTalk) -> None:
         memory, _ = model.encode_emotion(audio, 30)
     torch.testing.assert_close(low, low_f)
     assert not torch.allclose(mid, low) and not torch.allclose(mid, high)
-    torch.testing.assert_close(model.override_emotion(memory, 2, 0.0), memory)
+    for part in model.override_emotion(memory, 2, 0.0):
+        torch.testing.assert_close(part, memory)
     model.emotion_prototypes[2] = 1.0
-    full = model.override_emotion(memory, 2, 1.0)
-    torch.testing.assert_close(full, torch.ones_like(memory))
+    expression, attended = model.override_emotion(memory, 2, 1.0)
+    torch.testing.assert_close(expression, torch.ones_like(memory))
+    steady = memory[:, :1].expand_as(memory)  # a voice that never changes is moved onto the prototype
+    torch.testing.assert_close(model.override_emotion(steady, 2, 1.0)[1], torch.ones_like(memory))
+    # The attended memory keeps the voice's own changes: its frame-to-frame steps follow the voice's.
+    steps, voice_steps = attended.diff(dim=1).flatten(), memory.diff(dim=1).flatten()
+    assert torch.corrcoef(torch.stack([steps, voice_steps]))[0, 1] > 0.5
+    assert not torch.allclose(attended, expression)
 
 
 def test_log_mel_frames_are_centred() -> None:

@@ -228,7 +228,12 @@ def test_the_viewer_page_is_served_self_contained(sink: WebSocketSink) -> None:
         assert (status, content_type) == (200, "text/html; charset=utf-8")
         assert body == VIEWER.read_bytes()
     page = body.decode()
-    assert "<script src" not in page.lower() and "@import" not in page
+    # the icon inline, then the face and the look it shares with emotalk-serve's page, from this server
+    assert re.findall(r'(?:src|href)="([^"]*)"', page) == ["data:,", "viewer.css", "face.js"]
+    for name, kind in (("face.js", "text/javascript"), ("viewer.css", "text/css")):
+        assert get(sink.port, f"/{name}") == (200, f"{kind}; charset=utf-8", (VIEWER.parent / name).read_bytes())
+        page += (VIEWER.parent / name).read_text()
+    assert "@import" not in page and "url(" not in page
     assert not re.search(r"https?://", page), "the viewer must not load anything from elsewhere"
     assert "ws://${location.host}/ws" in page
 

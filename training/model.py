@@ -113,6 +113,27 @@ def one_hot_blend(value: Tensor, size: int) -> Tensor:
     return F.one_hot(value.long(), size).float()
 
 
+def running_mean(memory: Tensor) -> Tensor:
+    """(B, T, D) -> the mean of frames 0..t at each t: the speaker's baseline as heard so far."""
+    count = torch.arange(1, memory.shape[1] + 1, device=memory.device, dtype=memory.dtype)
+    return memory.cumsum(dim=1) / count[None, :, None]
+
+
+def blend_to_prototype(memory: Tensor, target: Tensor, strength: Tensor | float) -> Tensor:
+    """`memory` blended towards `target` by `strength` ((B,) or a number): the override's expression."""
+    if isinstance(strength, Tensor):
+        strength = strength[:, None, None]
+    return torch.lerp(memory, target.expand_as(memory), strength)
+
+
+def shift_to_prototype(memory: Tensor, baseline: Tensor, target: Tensor, strength: Tensor | float) -> Tensor:
+    """`memory` moved by `strength` x (`target` - `baseline`): the voice's own changes from frame to
+    frame stay, its baseline becomes the target's. What the decoder attends to under an override."""
+    if isinstance(strength, Tensor):
+        strength = strength[:, None, None]
+    return memory + strength * (target - baseline)
+
+
 class EmoTalk(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -174,12 +195,21 @@ class EmoTalk(nn.Module):
         hidden, logits = self.audio_encoder_emo(heard, frame_num, self._lookahead(lookahead), valid)
         return self.audio_feature_map_emo(hidden), logits
 
-    def override_emotion(self, memory: Tensor, label: int, strength: float) -> Tensor:
-        """Blend the voice's emotion memory towards a label's prototype (strength 0..1)."""
-        return torch.lerp(memory, self.emotion_prototypes[label].expand_as(memory), strength)
+    def override_emotion(self, memory: Tensor, label: int, strength: float) -> tuple[Tensor, Tensor]:
+        """The voice's emotion memory under an emotion override (strength 0..1), as (expression,
+        attended). The expression, the decoder's input row that sets the face, is blended towards
+        the label's prototype. The attended memory keeps the voice's moment-to-moment changes
+        (stress, effort, which the mouth follows) and moves its running mean, the speaker's
+        baseline, to the prototype; causal, as streaming is. On real voices this keeps the face
+        calm without flattening the mouth (docs/model.md, emotion override)."""
+        prototype = self.emotion_prototypes[label]
+        return (blend_to_prototype(memory, prototype, strength),
+                shift_to_prototype(memory, running_mean(memory), prototype, strength))
 
-    def decode(self, content: Tensor, memory: Tensor, level: Tensor, person: Tensor) -> Tensor:
-        """Fuse content, emotion, level and person and decode (B, T, 52) blendshape weights.
+    def decode(self, content: Tensor, memory: Tensor, level: Tensor, person: Tensor,
+               attended: Tensor | None = None) -> Tensor:
+        """Fuse content, emotion, level and person and decode (B, T, 52) blendshape weights; the
+        decoder attends to `attended` (default: `memory`; `override_emotion` gives both).
 
         `level` is (B,) indices or floats in [0, 1], or (B, 2) weights; `person` is (B,) indices
         or (B, 24) weights for a blend of styles.
@@ -193,14 +223,15 @@ class EmoTalk(nn.Module):
             level_emb[:, None, :].expand(batch, length, -1),
             person_emb[:, None, :].expand(batch, length, -1),
         ], dim=-1)
+        attended = memory if attended is None else attended
         past = self.cfg.decoder_past
         if past == 0 or length <= DECODE_BLOCK:
-            return self.bs_map_r(self._decode_window(tgt, memory))
+            return self.bs_map_r(self._decode_window(tgt, attended))
         # A bounded past makes long clips decodable block by block, exactly, in linear memory.
         blocks = []
         for start in range(0, length, DECODE_BLOCK):
             first, stop = max(0, start - past), min(length, start + DECODE_BLOCK)
-            blocks.append(self._decode_window(tgt[:, first:stop], memory[:, first:stop])[:, start - first:])
+            blocks.append(self._decode_window(tgt[:, first:stop], attended[:, first:stop])[:, start - first:])
         return self.bs_map_r(torch.cat(blocks, dim=1))
 
     def _decode_window(self, tgt: Tensor, memory: Tensor) -> Tensor:

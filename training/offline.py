@@ -45,8 +45,8 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0
           lookahead: int | None = None, voice_gate: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(N,) 16 kHz audio -> (T, 52) float32 weights in [0, 1] and the voice's emotion probabilities.
 
-    With `emotion` (a label index) the emotion memory is blended towards that label's prototype by
-    `strength`; the probabilities stay the voice's own. `voice_gate` closes the jaw and lips where
+    With `emotion` (a label index) the emotion memory moves towards that label's prototype by
+    `strength` (`EmoTalk.override_emotion`); the probabilities stay the voice's own. `voice_gate` closes the jaw and lips where
     no voice is heard, as the streaming engine does.
     """
     if emotion is not None:
@@ -56,10 +56,11 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0
     wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(device)
     with eval_mode(model):
         content, memory, logits = model.encode(wave, frames, lookahead)
+        attended = None
         if emotion is not None:
-            memory = model.override_emotion(memory, emotion, strength)
+            memory, attended = model.override_emotion(memory, emotion, strength)
         weights = model.decode(content, memory, torch.tensor([level], device=device),
-                               torch.tensor([person], device=device))
+                               torch.tensor([person], device=device), attended)
     probabilities = softmax(logits[0].float().cpu().numpy(), model.cfg.emotion_temperature)
     weights = weights[0].float().clamp(0.0, 1.0).cpu().numpy()
     if voice_gate:
