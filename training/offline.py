@@ -46,8 +46,8 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0
     """(N,) 16 kHz audio -> (T, 52) float32 weights in [0, 1] and the voice's emotion probabilities.
 
     With `emotion` (a label index) the emotion memory moves towards that label's prototype by
-    `strength` (`EmoTalk.override_emotion`); the probabilities stay the voice's own. `voice_gate` closes the jaw and lips where
-    no voice is heard, as the streaming engine does.
+    `strength` (`EmoTalk.override_emotion`); the probabilities stay the voice's own. `voice_gate`
+    closes the jaw and lips where no voice is heard, as the streaming engine does.
     """
     if emotion is not None:
         require_prototype(model, emotion)
