@@ -18,17 +18,15 @@ import json
 import logging
 import socket
 import ssl
-from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.server import ServerProtocol
 
 from ..engine import Controls
 from ..streamer.face import FaceSettings
 from ..streamer.websocket_sink import (
-    SEND_BUFFER_BYTES, WRITE_LIMIT_BYTES, _peer, _response, local_address, token_refusal,
+    SEND_BUFFER_BYTES, WRITE_LIMIT_BYTES, OpenConnections, _peer, _response, local_address, token_refusal,
 )
 from ..training.errors import UserError
 from . import protocol
@@ -55,7 +53,7 @@ class StreamServer:
         self._ssl = ssl_context
         self.idle_timeout = idle_timeout
         self._server: Server | None = None
-        self._connections: set[ServerConnection] = set()
+        self._connections = OpenConnections()
         self._senders: set[asyncio.Task] = set()  # each session's frame writer, until its close
         self._stopping = False
 
@@ -77,7 +75,7 @@ class StreamServer:
             self._server = await serve(
                 self._handle, self.host, self.port, process_request=self._http, ssl=self._ssl,
                 max_size=protocol.MAX_MESSAGE_BYTES, write_limit=WRITE_LIMIT_BYTES, close_timeout=CLOSE_TIMEOUT_S,
-                create_connection=self._track)
+                create_connection=self._connections.track)
         except OSError as exc:
             raise UserError(bind_error(exc, "--port", self.host, self.port)) from None
         self.port = self._server.sockets[0].getsockname()[1]
@@ -96,13 +94,7 @@ class StreamServer:
             await asyncio.wait(set(self._senders), timeout=FLUSH_TIMEOUT_S)
         if self._server is None:
             return
-        self._server.close(code=GOING_AWAY, reason="server shutting down")
-        try:
-            await asyncio.wait_for(self._server.wait_closed(), CLOSE_TIMEOUT_S)
-        except TimeoutError:
-            for connection in list(self._connections):
-                connection.transport.abort()
-            await self._server.wait_closed()
+        await self._connections.close(self._server, CLOSE_TIMEOUT_S, GOING_AWAY, "server shutting down")
 
     # -- HTTP --
 
@@ -131,13 +123,6 @@ class StreamServer:
             return _response(http.HTTPStatus.OK, *found, {"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
         return _response(http.HTTPStatus.NOT_FOUND, "text/plain",
                          f"not found; sessions are at {protocol.PATH}, the page at /\n".encode())
-
-    def _track(self, protocol_: ServerProtocol, server: Server, **options: Any) -> ServerConnection:
-        """Create each TCP connection's websockets connection, remembered until it is lost."""
-        connection = ServerConnection(protocol_, server, **options)
-        self._connections.add(connection)
-        connection.connection_lost_waiter.add_done_callback(lambda _: self._connections.discard(connection))
-        return connection
 
     # -- one session per connection --
 

@@ -103,7 +103,7 @@ class WebSocketSink(Sink):
         self._origins = frozenset(_origin_key(origin) for origin in allowed_origins)
         self._client_queue = client_queue
         self._clients: set[_Client] = set()
-        self._connections: set[ServerConnection] = set()  # every TCP connection, even mid-handshake
+        self._connections = OpenConnections()  # every TCP connection, even mid-handshake
         self._files: dict[str, bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -158,7 +158,7 @@ class WebSocketSink(Sink):
         self._server = await serve(
             self._serve_client, self.host, self.port, process_request=self._http,
             max_size=MAX_MESSAGE_BYTES, write_limit=WRITE_LIMIT_BYTES, close_timeout=CLOSE_TIMEOUT_S,
-            create_connection=self._track)
+            create_connection=self._connections.track)
         self.port = self._server.sockets[0].getsockname()[1]
         self.name = f"ws {self.host}:{self.port}"
 
@@ -318,28 +318,44 @@ class WebSocketSink(Sink):
             await asyncio.wait_for(flushed, FLUSH_TIMEOUT_S)
         except TimeoutError:
             log.info("%s: a client did not take the final frame in %.1f s", self.name, FLUSH_TIMEOUT_S)
-        self._server.close()
-        try:
-            await asyncio.wait_for(self._server.wait_closed(), CLOSE_TIMEOUT_S)
-        except TimeoutError:
-            # A stalled client never drains for the closing handshake, and a browser's idle
-            # preconnection never sends its request: neither would ever close politely.
-            for connection in list(self._connections):
-                connection.transport.abort()
-            await self._server.wait_closed()
-
-    def _track(self, protocol: ServerProtocol, server: Server, **options: Any) -> ServerConnection:
-        """Create each TCP connection's websockets connection, remembered until it is lost."""
-        connection = ServerConnection(protocol, server, **options)
-        self._connections.add(connection)
-        connection.connection_lost_waiter.add_done_callback(lambda _: self._connections.discard(connection))
-        return connection
+        await self._connections.close(self._server, CLOSE_TIMEOUT_S)
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(START_TIMEOUT_S)
         self._loop.close()
         self._loop = self._loop_thread = self._server = None
+
+
+
+class OpenConnections:
+    """Every TCP connection of a `websockets` server, even mid-handshake, so that a shutdown can cut
+    the ones that would never close politely. `track` is the server's `create_connection`."""
+
+    def __init__(self) -> None:
+        self._open: set[ServerConnection] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def track(self, protocol: ServerProtocol, server: Server, **options: Any) -> ServerConnection:
+        """Create each TCP connection's websockets connection, remembered until it is lost."""
+        connection = ServerConnection(protocol, server, **options)
+        self._open.add(connection)
+        connection.connection_lost_waiter.add_done_callback(lambda _: self._open.discard(connection))
+        return connection
+
+    async def close(self, server: Server, timeout: float, code: int = 1001, reason: str = "") -> None:
+        """Close `server` and its connections (`code`, `reason`); cut those still open after `timeout`."""
+        server.close(code=code, reason=reason)
+        try:
+            await asyncio.wait_for(server.wait_closed(), timeout)
+        except TimeoutError:
+            # A stalled client never drains for the closing handshake, and a browser's idle
+            # preconnection never sends its request: neither would ever close politely.
+            for connection in list(self._open):
+                connection.transport.abort()
+            await server.wait_closed()
 
 
 def _response(status: http.HTTPStatus, content_type: str, body: bytes,
