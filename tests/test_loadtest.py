@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from emotalk_stream.tools.loadtest_session import BLOCK_SAMPLES, SessionResult, Speech
-from waiting import free_port, wait_for
+from waiting import free_port, stop_process, wait_for
 
 CLI = [sys.executable, "-m", "emotalk_stream.tools.loadtest"]
 SERVE = [sys.executable, "-m", "emotalk_stream.serve.cli"]
@@ -52,12 +52,7 @@ def _serve(max_streams: int) -> Iterator[Server]:
         assert process.poll() is None, f"emotalk-serve exited: {process.stderr.read()}"
         yield Server(f"ws://127.0.0.1:{port}/v1/stream", f"http://127.0.0.1:{port}/stats", f"127.0.0.1:{grpc_port}")
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 10)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from waiting import stop_process
+
 SINK = "vmic"
 SOURCE = "vmic_mic"
 START_TIMEOUT_S = 15.0
@@ -104,9 +106,4 @@ def virtual_microphone() -> Iterator[VirtualMicrophone]:
             microphone.load_source()
             yield microphone
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(5)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_process(daemon, 5)
