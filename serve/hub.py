@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import time
 from collections import deque
@@ -36,7 +35,7 @@ import numpy as np
 
 from ..engine import Controls, Engine, Stream
 from ..streamer.clock import FrameClock
-from ..streamer.face import MAX_SMOOTHING_S, FacePost, FaceSettings
+from ..streamer.face import FacePost, FaceSettings, check_smoothing
 from ..streamer.frames import OutFrame, neutral_frame
 from ..training.errors import UserError
 
@@ -273,8 +272,8 @@ class SessionHub:
         """Refuse controls this model cannot take and face settings out of range (`UserError`)."""
         if controls is not None:
             self.engine.resolve_controls(controls)
-        if face is not None and not (math.isfinite(face.smoothing) and 0.0 <= face.smoothing <= MAX_SMOOTHING_S):
-            raise UserError(f"smoothing {face.smoothing!r} is not a number of seconds from 0 to {MAX_SMOOTHING_S}")
+        if face is not None:
+            check_smoothing(face.smoothing)
 
     def _drop(self, session: Session, reason: str) -> None:
         """End a session for the hub's own reason (stalled consumer, engine failure, shutdown)."""

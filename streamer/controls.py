@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import threading
 from collections.abc import Mapping, Sequence
 
 from ..engine import Controls, Engine
 from ..training.errors import UserError
-from .face import MAX_SMOOTHING_S, FaceSettings
+from .face import FaceSettings, check_smoothing
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +114,7 @@ class ControlBoard:
             elif name == "gain":
                 engine_changes["gains"] = {**controls.gains, **_gains(value)}
             elif name == "smoothing":
-                seconds = float(_typed(name, value, (int, float)))
-                if not (math.isfinite(seconds) and 0.0 <= seconds <= MAX_SMOOTHING_S):
-                    raise UserError(f"smoothing {value!r} is not a number of seconds from 0 to {MAX_SMOOTHING_S}")
-                face_changes[name] = seconds
+                face_changes[name] = check_smoothing(float(_typed(name, value, (int, float))), shown=value)
             elif name == "blink":
                 face_changes[name] = _typed(name, value, bool)
             else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..training.blendshapes import INDEX
+from ..training.errors import UserError
 
 MAX_SMOOTHING_S = 1.0
 BLINK_CHANNELS = (INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"])
@@ -21,6 +22,15 @@ BLINK_MIN_GAP_S = 1.2
 BLINK_CLOSE_S = 0.07
 BLINK_OPEN_S = 0.14
 
+
+
+def check_smoothing(seconds: float, name: str = "smoothing", shown: object = None) -> float:
+    """`seconds` if it is a smoothing time from 0 to MAX_SMOOTHING_S, else a `UserError` that names
+    `name` and the value as given (`shown`, default `seconds`)."""
+    if not (math.isfinite(seconds) and 0.0 <= seconds <= MAX_SMOOTHING_S):
+        raise UserError(f"{name} {seconds if shown is None else shown!r} is not a number of seconds "
+                        f"from 0 to {MAX_SMOOTHING_S}")
+    return seconds
 
 @dataclass(frozen=True)
 class FaceSettings:

@@ -20,7 +20,7 @@ from . import console as console_module
 from .address import parse_address, parse_listen_address
 from .cli import TOKEN_ENV
 from .controls import ControlBoard
-from .face import MAX_SMOOTHING_S, FaceSettings
+from .face import FaceSettings, check_smoothing
 from .livelink import LiveLinkSink
 from .osc_control import OscControlServer
 from .osc_sink import OscSink
@@ -41,7 +41,7 @@ def stream(args: argparse.Namespace) -> int:
     # Everything the user can get wrong is checked before the model loads.
     source = make_source(args)
     outputs = parse_outputs(args)
-    face = FaceSettings(smoothing=check_smoothing(args.smoothing), blink=not args.no_blink)
+    face = FaceSettings(smoothing=check_smoothing(args.smoothing, "--smoothing"), blink=not args.no_blink)
     controls = Controls(level=args.level, person=args.person, emotion=args.emotion, gains=parse_gains(args.gain),
                         voice_gate=not args.no_voice_gate)
     control_address = parse_listen_address(args.control, "--control") if args.control else None
@@ -158,12 +158,6 @@ def parse_gains(items: list[str]) -> dict[str, float]:
         if not sep:
             raise UserError(f"--gain {item!r} is not REGION=FACTOR, e.g. --gain mouth=1.3 ({', '.join(REGIONS)})")
     return gains
-
-
-def check_smoothing(seconds: float) -> float:
-    if not 0.0 <= seconds <= MAX_SMOOTHING_S:
-        raise UserError(f"--smoothing {seconds} is not a number of seconds from 0 to {MAX_SMOOTHING_S}")
-    return seconds
 
 
 def with_signals(body: Callable[[threading.Event], Summary]) -> Summary:
