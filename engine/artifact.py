@@ -21,7 +21,8 @@ MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 ARTIFACT_FORMAT = "emotalk-engine"
-ARTIFACT_VERSION = 3  # 2: hops shifted by PREROLL samples, 240 samples of audio context; 3: no weight_norm field
+ARTIFACT_VERSION = 4  # 2: hops shifted by PREROLL samples, 240 samples of audio context; 3: no weight_norm field;
+# 4: keys and values as rings (ONNX artifacts)
 OPSET = 18
 
 
@@ -93,7 +94,8 @@ def read_manifest(folder: Path) -> Manifest:
         if file_sha256(file) != digest:
             raise UserError(f"{file} does not match its manifest (changed or from another export): "
                             f"re-export the engine with emotalk-export")
-    if manifest.step_interface != small_interface(cfg, manifest.hop_frames, manifest.lookahead_frames):
+    ring = manifest.backend != "tensorrt"  # TensorRT plans replace whole states (onnx_export)
+    if manifest.step_interface != small_interface(cfg, manifest.hop_frames, manifest.lookahead_frames, ring):
         raise UserError(f"engine artifact {folder} has state tensors this engine version does not use "
                         f"(exported by another version): re-export it with emotalk-export")
     return manifest

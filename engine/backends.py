@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..training.errors import UserError
-from .interface import StepInterface, TensorSpec, state_input, state_output
+from .interface import StepInterface, TensorSpec, graph_outputs, ring_index, state_input, state_output
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -25,6 +25,13 @@ def contiguous(slots: np.ndarray) -> slice | None:
     if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and np.all(np.diff(slots) == 1):
         return slice(int(slots[0]), int(slots[-1]) + 1)
     return None
+
+
+def write_ring_rows(pool: np.ndarray, slots: np.ndarray, rows: np.ndarray, at: np.ndarray, axis: int) -> None:
+    """Write each stream's new ring rows (`rows`, n of them along `axis` + 1) into its pool row
+    `slots[b]` at positions `at` (B, n; -1: not written), in place."""
+    batch, index = np.nonzero(at >= 0)
+    np.moveaxis(pool, axis + 1, 1)[slots[batch], at[batch, index]] = np.moveaxis(rows, axis + 1, 1)[batch, index]
 
 
 class Backend(ABC):
@@ -103,21 +110,24 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise UserError(f"ONNX Runtime cannot load {onnx_path} ({exc}): re-export it with emotalk-export") from exc
         check_graph_names(self.session, interface, onnx_path)
-        self.output_names = [s.name for s in interface.outputs] + [state_output(s.name) for s in interface.states]
+        self.output_names = graph_outputs(interface)
 
     def _zeros(self, spec: TensorSpec, rows: int) -> np.ndarray:
         return np.zeros((rows, *spec.shape), dtype=spec.dtype)
 
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        span = contiguous(slots)
+        rows = contiguous(slots) or slots  # a slice reads the pools without a copy
         feed = {spec.name: inputs[spec.name] for spec in self.interface.inputs}
         for name, pool in self.pools.items():
-            feed[state_input(name)] = pool[span] if span else pool[slots]
-        results = self.session.run(self.output_names, feed)
-        n_out = len(self.interface.outputs)
-        for spec, value in zip(self.interface.states, results[n_out:]):
-            self.pools[spec.name][span if span else slots] = value
-        return {spec.name: value for spec, value in zip(self.interface.outputs, results[:n_out])}
+            feed[state_input(name)] = pool[rows]
+        results = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        for spec in self.interface.states:
+            value = results[state_output(spec.name)]
+            if spec.ring_axis is None:
+                self.pools[spec.name][rows] = value
+            else:
+                write_ring_rows(self.pools[spec.name], slots, value, results[ring_index(spec.name)], spec.ring_axis)
+        return {spec.name: results[spec.name] for spec in self.interface.outputs}
 
 
 def check_graph_names(session, interface: StepInterface, path: Path) -> None:

@@ -31,9 +31,11 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"  # numpy spelling; "int64" for counters
+    ring_axis: int | None = None  # a ring state: the step returns only its new rows along this axis
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        data = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return data if self.ring_axis is None else {**data, "ring_axis": self.ring_axis}
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class StepInterface:
     @classmethod
     def from_dict(cls, data: dict) -> "StepInterface":
         def specs(key: str) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(d["name"], tuple(d["shape"]), d["dtype"]) for d in data[key])
+            return tuple(TensorSpec(d["name"], tuple(d["shape"]), d["dtype"], d.get("ring_axis")) for d in data[key])
         return cls(specs("inputs"), specs("outputs"), specs("states"))
 
 
@@ -60,8 +62,19 @@ def state_input(name: str) -> str:
 
 
 def state_output(name: str) -> str:
-    """Graph output name of a state tensor after the step."""
+    """Graph output name of a state tensor after the step (of a ring state: its new rows only)."""
     return f"next_{name}"
+
+
+def ring_index(name: str) -> str:
+    """Graph output name of where a ring state's new rows go along its ring axis (-1: nowhere)."""
+    return f"at_{name}"
+
+
+def graph_outputs(interface: "StepInterface") -> list[str]:
+    """Every graph output in order: the step's outputs, each state's next value, each ring's indices."""
+    return ([s.name for s in interface.outputs] + [state_output(s.name) for s in interface.states]
+            + [ring_index(s.name) for s in interface.states if s.ring_axis is not None])
 
 
 def frames_from_ms(value: int, what: str, minimum: int) -> int:
@@ -110,41 +123,45 @@ def output_specs(cfg: ModelConfig, slots: int) -> list[TensorSpec]:
     ]
 
 
-def encoder_state_specs(enc: EncoderConfig, prefix: str, lookahead: int) -> list[TensorSpec]:
+def encoder_state_specs(enc: EncoderConfig, prefix: str, lookahead: int, ring: bool) -> list[TensorSpec]:
     """What one streaming encoder carries: its last mel frame, the positional convolution's past,
-    the look-ahead delay line, each layer's keys and values, and its last output frame."""
-    head = enc.hidden // enc.heads
+    the look-ahead delay line, each layer's keys and values, and its last output frame.
+
+    `ring`: keys and values are rings (a step returns only its new frames, which the backend writes
+    in place over the oldest), not whole tensors the step copies every hop."""
+    head, axis = enc.hidden // enc.heads, 1 if ring else None
     specs = [TensorSpec(f"{prefix}mel", (1, enc.n_mels)), TensorSpec(f"{prefix}pos", (POS_CONV_KERNEL - 1, enc.hidden))]
     if lookahead:
         specs.append(TensorSpec(f"{prefix}delay", (lookahead, enc.hidden)))
     for i in range(enc.layers):
         cached = enc.left_context + (lookahead if i == 0 else 0)
-        specs += [TensorSpec(f"{prefix}k{i}", (enc.heads, cached, head)), TensorSpec(f"{prefix}v{i}", (enc.heads, cached, head))]
+        specs += [TensorSpec(f"{prefix}{kind}{i}", (enc.heads, cached, head), ring_axis=axis) for kind in "kv"]
     specs.append(TensorSpec(f"{prefix}tail", (1, enc.hidden)))
     return specs
 
 
-def small_state_specs(cfg: ModelConfig, lookahead: int) -> list[TensorSpec]:
+def small_state_specs(cfg: ModelConfig, lookahead: int, ring: bool) -> list[TensorSpec]:
     """The whole `small` step's state: counters, audio context, both encoders, the decoder's past
-    and the running emotion mean."""
-    head = cfg.d_model // cfg.decoder_heads
+    and the running emotion mean (`ring`: as in `encoder_state_specs`)."""
+    head, axis = cfg.d_model // cfg.decoder_heads, 1 if ring else None
     specs = [TensorSpec("step", (), "int64"), TensorSpec("next_frame", (), "int64"),
              TensorSpec("audio_context", (AUDIO_CONTEXT,))]
-    specs += encoder_state_specs(cfg.content, "content_", lookahead)
-    specs += encoder_state_specs(cfg.emotion, "emotion_", lookahead)
+    specs += encoder_state_specs(cfg.content, "content_", lookahead, ring)
+    specs += encoder_state_specs(cfg.emotion, "emotion_", lookahead, ring)
     for i in range(cfg.decoder_layers):
         shape = (cfg.decoder_heads, cfg.decoder_past, head)
-        specs += [TensorSpec(f"dec_k{i}", shape), TensorSpec(f"dec_v{i}", shape)]
+        specs += [TensorSpec(f"dec_{kind}{i}", shape, ring_axis=axis) for kind in "kv"]
     specs += [TensorSpec("emo_sum", (cfg.emotion.hidden,)), TensorSpec("emo_count", ())]
     return specs
 
 
-def small_interface(cfg: ModelConfig, hop_frames: int, lookahead: int) -> StepInterface:
-    """The exact `small` step's tensors for a config, hop and look-ahead."""
+def small_interface(cfg: ModelConfig, hop_frames: int, lookahead: int, ring: bool) -> StepInterface:
+    """The exact `small` step's tensors for a config, hop and look-ahead (`ring`: as in
+    `encoder_state_specs`)."""
     check_streamable(cfg, hop_frames, lookahead)
     return StepInterface(tuple(input_specs(cfg, hop_frames * ENCODER_HOP)),
                          tuple(output_specs(cfg, output_slots(hop_frames, frame_ratio(cfg)))),
-                         tuple(small_state_specs(cfg, lookahead)))
+                         tuple(small_state_specs(cfg, lookahead, ring)))
 
 
 def check_streamable(cfg: ModelConfig, hop_frames: int, lookahead: int) -> None:

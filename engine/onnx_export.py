@@ -16,7 +16,7 @@ import torch
 from ..training.errors import UserError
 from ..training.model import EmoTalk
 from .artifact import ONNX_FILE, OPSET, PLAN_FILE, Manifest, write_manifest
-from .interface import frames_from_ms, state_input, state_output
+from .interface import frames_from_ms, graph_outputs, state_input
 from .small_step import SmallStreamingStep, step_interface
 from .torch_backend import prototype_labels
 
@@ -29,22 +29,24 @@ class FlatStep(torch.nn.Module):
         self.step = step
         self.n_inputs = len(step.input_specs())
         self.state_names = [s.name for s in step.state_specs()]
+        self.ring_names = [s.name for s in step.state_specs() if s.ring_axis is not None]
         self.output_names = [s.name for s in step.output_specs()]
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         states = dict(zip(self.state_names, tensors[self.n_inputs:]))
-        outputs, new = self.step(*tensors[: self.n_inputs], states)
-        return tuple(outputs[n] for n in self.output_names) + tuple(new[n] for n in self.state_names)
+        outputs, new, at = self.step(*tensors[: self.n_inputs], states)
+        return (tuple(outputs[n] for n in self.output_names) + tuple(new[n] for n in self.state_names)
+                + tuple(at[n] for n in self.ring_names))
 
 
 def export_onnx(step: SmallStreamingStep, path: Path, max_streams: int) -> None:
     """Write the step as ONNX: static shapes but for the batch axis (1..max_streams), states as
-    explicit inputs (`state_X`) and outputs (`next_X`)."""
+    explicit inputs (`state_X`) and outputs (`next_X`, and `at_X` for a ring's rows)."""
     interface = step_interface(step)
     example = [torch.zeros((2, *s.shape), dtype=getattr(torch, s.dtype)) for s in interface.inputs + interface.states]
     batch = torch.export.Dim("batch", min=1, max=max(2, max_streams))
     names_in = [s.name for s in interface.inputs] + [state_input(s.name) for s in interface.states]
-    names_out = [s.name for s in interface.outputs] + [state_output(s.name) for s in interface.states]
+    names_out = graph_outputs(interface)
     for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.inference_mode(False):
@@ -62,7 +64,7 @@ def export_artifact(model: EmoTalk, source_sha256: str, out: Path, backend: str,
         raise UserError("--fp16 applies to TensorRT plans; the ONNX artifact runs in fp32 on ONNX Runtime")
     if max_streams < 1:
         raise UserError(f"--max-streams {max_streams} must be at least 1")
-    step = SmallStreamingStep(model.float().eval(), hop, lookahead)
+    step = SmallStreamingStep(model.float().eval(), hop, lookahead, ring=backend != "tensorrt")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -39,15 +39,20 @@ class TorchBackend(IndexedPoolBackend):
     @torch.inference_mode()
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         span = contiguous(slots)
-        index = None if span else torch.as_tensor(slots, device=self.device)
+        index = torch.as_tensor(slots, device=self.device)
         states = {name: pool[span] if span else pool.index_select(0, index) for name, pool in self.pools.items()}
         args = [torch.as_tensor(inputs[spec.name]).to(self.device) for spec in self.interface.inputs]
-        outputs, new = self.step(*args, states)
-        for name, pool in self.pools.items():
-            if span:
-                pool[span] = new[name]
+        outputs, new, at = self.step(*args, states)
+        for spec in self.interface.states:
+            pool = self.pools[spec.name]
+            if spec.ring_axis is not None:  # as backends.write_ring_rows, on the device
+                batch, row = torch.nonzero(at[spec.name] >= 0, as_tuple=True)
+                axis = spec.ring_axis + 1
+                pool.movedim(axis, 1)[index[batch], at[spec.name][batch, row]] = new[spec.name].movedim(axis, 1)[batch, row]
+            elif span:
+                pool[span] = new[spec.name]
             else:
-                pool.index_copy_(0, index, new[name])
+                pool.index_copy_(0, index, new[spec.name])
         return {name: value.cpu().numpy() for name, value in outputs.items()}
 
 

@@ -84,4 +84,4 @@ class WindowStreamingStep(nn.Module):
         above = decoded.gather(1, high[..., None].expand(-1, -1, width))
         n_frames = ready.sum(dim=1)
         new = {"step": step + 1, "next_frame": next_frame + n_frames, "audio_window": window}
-        return {"weights": below + (above - below) * frac, "n_frames": n_frames, "emotion_logits": logits}, new
+        return {"weights": below + (above - below) * frac, "n_frames": n_frames, "emotion_logits": logits}, new, {}

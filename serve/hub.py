@@ -11,7 +11,7 @@
 
 Everything runs on one asyncio loop, and every method is called from it. The batching loop
 wakes when a session has something to decode (a hop of audio, a tail to flush), runs one step over
-all ready sessions in a worker thread (ONNX Runtime releases the GIL, so the loop keeps serving
+all ready sessions (at most one step per `BATCH_INTERVAL_S` unless all are ready) in a worker thread (ONNX Runtime releases the GIL, so the loop keeps serving
 sockets meanwhile) and queues each session's new frames. Streams are created, fed, re-controlled and
 closed only between two steps: a `Stream` and the engine's state pools are not thread-safe.
 
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 STALL_S = 5.0  # a session whose frame queue stays full this long has a consumer that stopped reading
 TICK_S = 0.25  # how often an idle loop looks for stalled sessions
+# Shortest time between two step starts while some sessions are not ready yet. A step has a fixed
+# cost (about 1 ms) beside its cost per session, and clients' hops arrive spread over the hop: back
+# to back, steps of a few sessions each spent most of a core on that fixed cost (docs/loadtest.md).
+BATCH_INTERVAL_S = 0.008
 STOP_TIMEOUT_S = 5.0  # how long `stop` waits for every session's final frame
 MAX_BACKLOG_S = 60.0  # audio a session may have waiting for the engine, in seconds
 
@@ -285,6 +289,7 @@ class SessionHub:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        last_step = 0.0
         while True:
             self._sweep()
             if self._stopping and not self._live:
@@ -295,6 +300,11 @@ class SessionHub:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), TICK_S)
                 continue
+            early = last_step + BATCH_INTERVAL_S - time.monotonic()
+            if early > 0 and len(ready) < len(self._live):  # let the others' hops join this step
+                await asyncio.sleep(early)
+                continue
+            last_step = time.monotonic()
             try:
                 await loop.run_in_executor(self._executor, self.engine.step, [s._stream for s in ready])
             except Exception as exc:  # noqa: BLE001 - the engine isolates backend failures; anything else ends this batch

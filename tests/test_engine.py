@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from emotalk_stream.engine import artifact
+from emotalk_stream.engine.backends import OnnxRuntimeBackend
 from emotalk_stream.engine.engine import Controls, Engine
+from emotalk_stream.engine.interface import PREROLL
+from emotalk_stream.engine.onnx_export import export_onnx
+from emotalk_stream.engine.small_step import SmallStreamingStep, step_interface
+from emotalk_stream.engine.torch_backend import prototype_labels
 from emotalk_stream.engine.export import main as export_main
 from emotalk_stream.training import config
 from emotalk_stream.training.audio import read_audio
@@ -83,6 +88,22 @@ def test_onnxruntime_matches_torch(model: EmoTalk, clips: list[np.ndarray], onnx
     assert onnx.backend.name == "onnxruntime" and (onnx.hop_ms, onnx.lookahead_ms) == (20, 40)
     reference = Engine.from_checkpoint(model, "torch", lookahead_ms=40).process(clips, Controls(emotion="sad:0.5"))
     for out, ref in zip(onnx.process(clips, Controls(emotion="sad:0.5")), reference):
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() <= 1e-3
+
+
+def test_whole_state_step_for_tensorrt_matches_the_ring_step(model: EmoTalk, clips: list[np.ndarray],
+                                                              tmp_path: Path) -> None:
+    """TensorRT's export writes whole new key/value tensors instead of ring rows: that graph, run on
+    ONNX Runtime, gives the frames of the ring step."""
+    step = SmallStreamingStep(model, 1, 2, ring=False)
+    export_onnx(step, tmp_path / "model.onnx", max_streams=4)
+    interface = step_interface(step)
+    assert not any(spec.ring_axis is not None for spec in interface.states)
+    backend = OnnxRuntimeBackend(tmp_path / "model.onnx", interface)
+    whole = Engine(model.cfg, backend, 1, 2, prototype_labels(model), PREROLL)
+    reference = Engine.from_checkpoint(model, "torch", lookahead_ms=40).process(clips, Controls(emotion="sad:0.5"))
+    for out, ref in zip(whole.process(clips, Controls(emotion="sad:0.5")), reference):
         assert out.shape == ref.shape
         assert np.abs(out - ref).max() <= 1e-3
 

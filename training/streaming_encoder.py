@@ -51,10 +51,17 @@ class LogMel(nn.Module):
     def uncentred(self, audio: Tensor) -> Tensor:
         """Log-mel of windows starting at sample 0, 160, ... of `audio` (no centring pad): the
         streaming engine feeds it its own context buffer."""
-        spec = F.conv1d(audio[:, None, :], self.dft, stride=MEL_HOP)  # (B, 2F, M)
-        real, imag = spec.chunk(2, dim=1)
-        power = real.square() + imag.square()
-        mel = torch.matmul(power.transpose(1, 2), self.fbank)  # (B, M, n_mels)
+        return self._log_mel(F.conv1d(audio[:, None, :], self.dft, stride=MEL_HOP).transpose(1, 2))
+
+    def windowed(self, windows: Tensor) -> Tensor:
+        """Log-mel of windows (B, M, N_FFT) already cut from the audio: on the few frames of a
+        streaming step a matrix product is cheaper than the convolution."""
+        return self._log_mel(windows @ self.dft[:, 0].T)
+
+    def _log_mel(self, spectrum: Tensor) -> Tensor:
+        """(B, M, 2F) cosine and sine parts -> (B, M, n_mels) log-mel."""
+        real, imag = spectrum.chunk(2, dim=-1)
+        mel = torch.matmul(real.square() + imag.square(), self.fbank)
         return (torch.log(mel.clamp(min=LOG_FLOOR)) + 4.0) / 5.0
 
 
