@@ -56,6 +56,11 @@ class Backend(ABC):
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Advance `slots` by one hop; inputs and outputs are numpy arrays with a batch axis."""
 
+    @abstractmethod
+    def spare(self) -> "Backend":
+        """Another backend of the same step with its own state, for work beside this one's streams
+        from another thread (the rest face, `Engine.rest_face`)."""
+
     def ensure_capacity(self, slots: int) -> None:
         if slots > self.capacity:
             grown = max(slots, 2 * self.capacity, 4)
@@ -104,6 +109,7 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
         # One thread by default: a step is ~1 ms of small kernels, and a second spinning worker on a
         # 2-core machine cost more than it gave (p95 5.0 ms and 8 streams vs 0.68 ms and 32; docs/results.md).
         options.intra_op_num_threads = threads or 1
+        self.path, self.threads = onnx_path, threads
         options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -114,6 +120,9 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
 
     def _zeros(self, spec: TensorSpec, rows: int) -> np.ndarray:
         return np.zeros((rows, *spec.shape), dtype=spec.dtype)
+
+    def spare(self) -> "OnnxRuntimeBackend":
+        return OnnxRuntimeBackend(self.path, self.interface, self.threads)
 
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = contiguous(slots) or slots  # a slice reads the pools without a copy

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +30,9 @@ import numpy as np
 from ..training.blendshapes import COUNT, REGIONS
 from ..training.calibration import softmax
 from ..training.config import ModelConfig
-from ..training.control_values import check_prototype, default_emotion, parse_emotion, parse_level, parse_person
+from ..training.control_values import (
+    check_prototype, default_emotion, default_level, parse_emotion, parse_level, parse_person,
+)
 from ..training.errors import UserError, require_training
 from ..training.framing import frame_count
 from ..training.input_level import LevelNormaliser
@@ -36,6 +40,7 @@ from ..training.model_files import DEFAULT_ENGINE
 from . import artifact
 from .backends import Backend, OnnxRuntimeBackend, batches, require_backend
 from .interface import ENCODER_FRAME_MS, NEVER, PREROLL, audio_end_frame, frames_from_ms
+from .rest_face import REST_SECONDS, relative_to_rest
 from .voice_activity import VoiceActivity, VoiceActivityModel, advance_all, gate_articulation
 
 if TYPE_CHECKING:  # the model class only names a type here: the runtime never imports PyTorch
@@ -56,11 +61,12 @@ class Frame:
 class Controls:
     """What the face does with the voice. Any of them may change between steps."""
 
-    level: float | str = 1.0  # emotion level: "low" (0), "high" (1) or a blend between
+    level: float | str | None = None  # emotion level: "low" (0), "high" (1), a blend; None: `default_level`
     person: int = 0  # speaking style, one of the model's training speakers
     emotion: str | None = None  # "auto" (from the voice), LABEL[:STRENGTH] ("happy:0.7"), None: calm
     gains: Mapping[str, float] = field(default_factory=dict)  # region (mouth, jaw, brow, ...) -> factor
     voice_gate: bool = True  # close the jaw and lips where the voice-activity detector hears no speech
+    rest_relative: bool = True  # show the face relative to the model's rest face (engine/rest_face.py)
 
 
 @dataclass
@@ -73,6 +79,7 @@ class _Resolved:
     strength: float
     gains: np.ndarray | None
     voice_gate: bool
+    rest: np.ndarray | None  # the rest face the frames are shown relative to
 
 
 class Stream:
@@ -147,6 +154,11 @@ class Stream:
         self._audio_end = audio_end_frame(self.samples_received, self._engine.lookahead_frames, cfg.fps, cfg.sample_rate)
 
     @property
+    def pending_samples(self) -> int:
+        """Samples received and not yet taken by a step."""
+        return self._pending
+
+    @property
     def done(self) -> bool:
         """No more frames will come: finished and every frame decoded, or failed (`error`)."""
         return self.error is not None or (self._finished and self.frames_decoded >= (self._total_frames or 0))
@@ -187,6 +199,8 @@ class Stream:
 
     def _deliver(self, weights: np.ndarray, logits: np.ndarray) -> None:
         gains, fps = self._resolved.gains, self._engine.cfg.fps
+        if self._resolved.rest is not None:
+            weights = relative_to_rest(weights, self._resolved.rest)
         if gains is not None:
             weights = np.clip(weights * gains, 0.0, 1.0)
         if self._resolved.voice_gate and len(weights):
@@ -215,6 +229,10 @@ class Engine:
         self.hop_samples = hop_frames * ENCODER_FRAME_MS * cfg.sample_rate // 1000
         self.preroll = preroll  # zeros the step expects before a stream's first sample
         self.voice_model = VoiceActivityModel.shared()
+        self._voice_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emotalk voice activity")
+        self._rest_faces: dict[tuple[float, int], np.ndarray] = {}
+        self._rest_lock = threading.Lock()
+        self._rest_engine: Engine | None = None
         self._free: list[int] = []
         self._next_slot = 0
 
@@ -318,11 +336,13 @@ class Engine:
     def resolve_controls(self, controls: Controls) -> _Resolved:
         """Check controls against this model and turn them into the step's input rows."""
         cfg = self.cfg
-        level = parse_level(controls.level)
+        setting = self.emotion_setting(controls)
+        level = self.level_setting(controls)
+        speaker = parse_person(controls.person, cfg.n_persons)
         person = np.zeros(cfg.n_persons, dtype=np.float32)
-        person[parse_person(controls.person, cfg.n_persons)] = 1.0
+        person[speaker] = 1.0
         emotion = np.zeros(len(cfg.emotion_labels), dtype=np.float32)
-        label, strength = parse_emotion(self.emotion_setting(controls), cfg.emotion_labels)
+        label, strength = parse_emotion(setting, cfg.emotion_labels)
         if label is not None:
             check_prototype([name in self.prototype_labels for name in cfg.emotion_labels], cfg.emotion_labels, label)
             emotion[label] = 1.0
@@ -335,7 +355,24 @@ class Engine:
                 if not (isinstance(gain, (int, float)) and math.isfinite(gain) and 0.0 <= gain <= 4.0):
                     raise UserError(f"gain {gain!r} for {region} is not a number from 0 to 4")
                 gains[list(REGIONS[region])] *= float(gain)
-        return _Resolved(level, person, emotion, strength, gains, bool(controls.voice_gate))
+        rest = self.rest_face(level, speaker) if controls.rest_relative else None
+        return _Resolved(level, person, emotion, strength, gains, bool(controls.voice_gate), rest)
+
+    def rest_face(self, level: float, person: int) -> np.ndarray:
+        """(52,) the model's calm face on silence at this level and speaking style (engine/rest_face.py).
+
+        Found once per (level, person) by streaming `REST_SECONDS` of zeros on a second backend of
+        the same step, so it can be asked from any thread while this engine steps (about 0.2 s)."""
+        key = (float(level), int(person))
+        with self._rest_lock:
+            if key not in self._rest_faces:
+                if self._rest_engine is None:
+                    self._rest_engine = Engine(self.cfg, self.backend.spare(), self.hop_frames, self.lookahead_frames,
+                                               self.prototype_labels, self.preroll)
+                calm = Controls(level=level, person=person, voice_gate=False, rest_relative=False)
+                silence = np.zeros(int(REST_SECONDS * self.sample_rate), dtype=np.float32)
+                self._rest_faces[key] = self._rest_engine.process([silence], calm)[0][-1]
+            return self._rest_faces[key]
 
     def emotion_setting(self, controls: Controls) -> str:
         """The emotion control in effect: the one given, or this model's default (a calm face)."""
@@ -344,6 +381,10 @@ class Engine:
         present = [name in self.prototype_labels for name in self.cfg.emotion_labels]
         return default_emotion(self.cfg.emotion_labels, present)
 
+    def level_setting(self, controls: Controls) -> float:
+        """The emotion level in effect: the one given, or the face's own (`default_level`)."""
+        return parse_level(default_level(self.emotion_setting(controls)) if controls.level is None else controls.level)
+
     # -- decoding --
 
     def is_ready(self, stream: Stream) -> bool:
@@ -351,26 +392,34 @@ class Engine:
         return stream._ready()
 
     def step(self, streams: Sequence[Stream]) -> int:
-        """Decode one hop of every ready stream in `streams`, batched; returns the frames finished."""
+        """Decode one hop of every ready stream in `streams`, batched; returns the frames finished.
+
+        The voice-activity model runs on its own thread meanwhile: both release the GIL, so on two
+        cores it costs the step no time (it is about half as heavy as the model's step)."""
         ready = {s.slot: s for s in streams if s._ready()}
+        voices = self._voice_thread.submit(advance_all, [s._voice for s in ready.values()])
+        results = []
+        try:
+            for slots in batches(list(ready), self.backend.max_batch):
+                group = [ready[int(slot)] for slot in slots]
+                controls = [s._resolved for s in group]
+                inputs = {
+                    "audio": np.stack([s._take_hop() for s in group]),
+                    "level": np.array([c.level for c in controls], dtype=np.float32),
+                    "person": np.stack([c.person for c in controls]),
+                    "emotion": np.stack([c.emotion for c in controls]),
+                    "emotion_strength": np.array([c.strength for c in controls], dtype=np.float32),
+                    "audio_end": np.array([s._audio_end for s in group], dtype=np.int64),
+                }
+                results += self._run_isolated(slots, group, inputs)
+        finally:
+            voices.result()  # the gate below reads its probabilities
         produced = 0
-        for slots in batches(list(ready), self.backend.max_batch):
-            group = [ready[int(slot)] for slot in slots]
-            controls = [s._resolved for s in group]
-            inputs = {
-                "audio": np.stack([s._take_hop() for s in group]),
-                "level": np.array([c.level for c in controls], dtype=np.float32),
-                "person": np.stack([c.person for c in controls]),
-                "emotion": np.stack([c.emotion for c in controls]),
-                "emotion_strength": np.array([c.strength for c in controls], dtype=np.float32),
-                "audio_end": np.array([s._audio_end for s in group], dtype=np.int64),
-            }
-            advance_all([s._voice for s in group])
-            for members, outputs in self._run_isolated(slots, group, inputs):
-                for i, stream in enumerate(members):
-                    n = int(outputs["n_frames"][i])
-                    stream._deliver(outputs["weights"][i, :n], outputs["emotion_logits"][i])
-                    produced += n
+        for members, outputs in results:
+            for i, stream in enumerate(members):
+                n = int(outputs["n_frames"][i])
+                stream._deliver(outputs["weights"][i, :n], outputs["emotion_logits"][i])
+                produced += n
         return produced
 
     def _run_isolated(self, slots: np.ndarray, group: list[Stream],

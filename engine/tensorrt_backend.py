@@ -161,6 +161,7 @@ class TensorRTBackend(Backend):
     def __init__(self, plan_path: Path, interface: StepInterface, max_streams: int):
         super().__init__(interface)
         self.max_batch = max_streams
+        self._plan_path = plan_path
         self._trt, self._cuda = _runtime()
         self._context = _device_context(self._cuda)
         self._logger = self._trt.Logger(self._trt.Logger.WARNING)
@@ -187,6 +188,9 @@ class TensorRTBackend(Backend):
                 self._bind(s.name, self._device[s.name])
             for s in interface.states:
                 self._bind(state_output(s.name), self._state_out[s.name])
+
+    def spare(self) -> "TensorRTBackend":
+        return TensorRTBackend(self._plan_path, self.interface, 1)  # one stream: buffers for one row
 
     def _check_engine(self, plan_path: Path) -> None:
         """Refuse a plan whose tensors (names, direction, type, shape, batch range) differ from the manifest."""

@@ -33,6 +33,9 @@ class TorchBackend(IndexedPoolBackend):
         except (RuntimeError, AssertionError) as exc:
             raise UserError(f"torch device {device!r} is not available here ({exc}): use --device cpu") from exc
 
+    def spare(self) -> "TorchBackend":
+        return TorchBackend(self.step, self.interface, str(self.device))  # the module holds no state
+
     def _zeros(self, spec: TensorSpec, rows: int) -> torch.Tensor:
         return torch.zeros((rows, *spec.shape), dtype=getattr(torch, spec.dtype), device=self.device)
 

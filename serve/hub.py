@@ -11,7 +11,7 @@
 
 Everything runs on one asyncio loop, and every method is called from it. The batching loop
 wakes when a session has something to decode (a hop of audio, a tail to flush), runs one step over
-all ready sessions (at most one step per `BATCH_INTERVAL_S` unless all are ready) in a worker thread (ONNX Runtime releases the GIL, so the loop keeps serving
+all ready sessions (waiting up to `BATCH_WAIT_S` for the others' hops) in a worker thread (ONNX Runtime releases the GIL, so the loop keeps serving
 sockets meanwhile) and queues each session's new frames. Streams are created, fed, re-controlled and
 closed only between two steps: a `Stream` and the engine's state pools are not thread-safe.
 
@@ -43,10 +43,12 @@ log = logging.getLogger(__name__)
 
 STALL_S = 5.0  # a session whose frame queue stays full this long has a consumer that stopped reading
 TICK_S = 0.25  # how often an idle loop looks for stalled sessions
-# Shortest time between two step starts while some sessions are not ready yet. A step has a fixed
-# cost (about 1 ms) beside its cost per session, and clients' hops arrive spread over the hop: back
-# to back, steps of a few sessions each spent most of a core on that fixed cost (docs/loadtest.md).
-BATCH_INTERVAL_S = 0.008
+# Longest a ready hop waits for the other sessions' hops to join its step. Clients' hops arrive
+# spread over the hop, and a step costs about 1 ms beside its cost per session, and more when its
+# sessions' state rows are not consecutive: back to back, steps of a few sessions each spent most of
+# a core on that (docs/loadtest.md). A step never waits when every session is ready (one speaker
+# gets no delay) or when a session is behind by more than a hop (it catches up a hop per step).
+BATCH_WAIT_S = 0.015
 STOP_TIMEOUT_S = 5.0  # how long `stop` waits for every session's final frame
 MAX_BACKLOG_S = 60.0  # audio a session may have waiting for the engine, in seconds
 
@@ -174,6 +176,10 @@ class Session:
         return (not (self._closed or self._ended) and self._stream is not None
                 and len(self._queue) < self._hub.frame_queue and self._hub.engine.is_ready(self._stream))
 
+    def _behind(self) -> bool:
+        """More than one hop of audio waits: the session should not wait for others' hops."""
+        return self._stream.pending_samples >= 2 * self._hub.engine.hop_samples
+
     def _collect(self) -> None:
         """Queue the frames the last step finished, as the streamer emits them (pipeline._emit)."""
         stream = self._stream
@@ -289,22 +295,25 @@ class SessionHub:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        last_step = 0.0
+        first_ready = None  # when the oldest hop waiting for a step became ready
         while True:
             self._sweep()
             if self._stopping and not self._live:
                 return
             ready = [s for s in self._live.values() if s._ready()]
+            self._wake.clear()
             if not ready:
-                self._wake.clear()
+                first_ready = None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), TICK_S)
                 continue
-            early = last_step + BATCH_INTERVAL_S - time.monotonic()
-            if early > 0 and len(ready) < len(self._live):  # let the others' hops join this step
-                await asyncio.sleep(early)
+            first_ready = first_ready or time.monotonic()
+            waited = time.monotonic() - first_ready
+            if waited < BATCH_WAIT_S and len(ready) < len(self._live) and not any(s._behind() for s in ready):
+                with contextlib.suppress(TimeoutError):  # let the others' hops join this step
+                    await asyncio.wait_for(self._wake.wait(), BATCH_WAIT_S - waited)
                 continue
-            last_step = time.monotonic()
+            first_ready = None
             try:
                 await loop.run_in_executor(self._executor, self.engine.step, [s._stream for s in ready])
             except Exception as exc:  # noqa: BLE001 - the engine isolates backend failures; anything else ends this batch

@@ -26,6 +26,9 @@ class PoisonedSlot(Backend):
     def reset(self, slot: int) -> None:
         self.real.reset(slot)
 
+    def spare(self) -> Backend:
+        return self.real.spare()
+
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
         if self.calls > self.after and self.slot in slots.tolist():

@@ -287,9 +287,11 @@ def test_the_bundled_model_on_the_real_voices_gives_a_complete_finite_report(
     assert sum(c["bilabials"] for c in with_phones) == overall["bilabials"]
     assert all(0.0 <= c["bilabial_closure"] <= 1.0 for c in with_phones)
     met = report["meets"]
-    assert all(met[key] for key in ("jaw_digital_silence_p90", "jaw_room_silence_p90", "jaw_noise_p90", "quiet_r",
-                                    "quiet_ratio", "close_after_speech_s", "confident_not_calm")), met
+    assert all(met[key] for key in ("bilabial_closure", "jaw_digital_silence_p90", "jaw_room_silence_p90",
+                                    "jaw_noise_p90", "quiet_r", "quiet_ratio", "close_after_speech_s", "upper_max",
+                                    "confident_not_calm")), met
     # The calm face keeps the voice's own changes in what the decoder attends to
     # (EmoTalk.override_emotion); with all of it on the calm prototype the lips shut on only 0.58 of
-    # /p b m/ and jawOpen follows loudness at r 0.59 (docs/results.md#real-voices).
-    assert overall["bilabial_closure"] >= 0.7 and overall["jaw_loudness_r"] >= 0.65, overall
+    # /p b m/ and jawOpen follows loudness at r 0.59. Without the rest face (engine/rest_face.py)
+    # the lips shut on 0.79 and calm voices raise the brows to 0.22 (docs/results.md#real-voices).
+    assert overall["jaw_loudness_r"] >= 0.65, overall

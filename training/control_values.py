@@ -62,6 +62,13 @@ def default_emotion(labels: Sequence[str], present: Sequence[bool]) -> str:
     return "auto"
 
 
+def default_level(emotion: str) -> str:
+    """The emotion level where none is given: low for a calm or neutral face (a calm face is one of
+    low intensity; with "high" calm speakers got raised brows, docs/results.md#real-voices), high
+    for a named emotion or the voice's own."""
+    return "low" if emotion.split(":")[0].strip().lower() in CALM_FACES else "high"
+
+
 def parse_level(text: str | float) -> float:
     """Emotion level: `low` = 0, `high` = 1, or a number between for a blend of the two."""
     key = str(text).strip().lower()
