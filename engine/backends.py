@@ -97,7 +97,10 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, interface: StepInterface, threads: int | None = None):
+    def __init__(self, onnx_path: Path, interface: StepInterface, threads: int | None = None,
+                 model: bytes | None = None):
+        """`model`: the file's bytes when already read (a spare backend; the file may be gone, as a
+        checkpoint's temporary export is)."""
         super().__init__(interface)
         try:
             import onnxruntime as ort
@@ -109,10 +112,11 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
         # One thread by default: a step is ~1 ms of small kernels, and a second spinning worker on a
         # 2-core machine cost more than it gave (p95 5.0 ms and 8 streams vs 0.68 ms and 32; docs/results.md).
         options.intra_op_num_threads = threads or 1
-        self.path, self.threads = onnx_path, threads
         options.inter_op_num_threads = 1
+        self.path, self.threads = onnx_path, threads
         try:
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            self.model = Path(onnx_path).read_bytes() if model is None else model
+            self.session = ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise UserError(f"ONNX Runtime cannot load {onnx_path} ({exc}): re-export it with emotalk-export") from exc
         check_graph_names(self.session, interface, onnx_path)
@@ -122,7 +126,7 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
         return np.zeros((rows, *spec.shape), dtype=spec.dtype)
 
     def spare(self) -> "OnnxRuntimeBackend":
-        return OnnxRuntimeBackend(self.path, self.interface, self.threads)
+        return OnnxRuntimeBackend(self.path, self.interface, self.threads, self.model)
 
     def run(self, slots: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = contiguous(slots) or slots  # a slice reads the pools without a copy

@@ -41,3 +41,12 @@ def test_a_named_emotion_keeps_its_expression(engine: Engine) -> None:
     sad, calm = engine.process([speech, speech], [Controls(emotion="sad"), Controls()])
     for name in ("browInnerUp", "mouthFrownLeft"):  # the calm face's rest is taken from both
         assert sad[:, INDEX[name]].mean() > calm[:, INDEX[name]].mean() + 0.2
+
+
+def test_an_engine_exported_on_the_fly_finds_its_rest_face_after_the_export_is_gone() -> None:
+    """A checkpoint on ONNX Runtime is exported to a temporary folder, deleted once loaded; the rest
+    face is found later, on a spare backend of the same graph."""
+    engine = Engine.from_checkpoint("default", backend="onnxruntime", lookahead_ms=20)
+    assert not engine.backend.path.exists()
+    [weights] = engine.process([read_audio(SAMPLE_SPEECH, 16000)[:16000]])
+    assert weights.shape == (30, 52) and np.isfinite(weights).all()
