@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(manifest.json + model.onnx [+ model.plan]).")
     parser.add_argument("--model", default="default", help="'default' (bundled) or a checkpoint folder")
     parser.add_argument("--out", type=Path, required=True, help="artifact folder to write")
-    parser.add_argument("--backend", choices=("onnx", "tensorrt"), default="onnx",
-                        help="onnx (ONNX Runtime, CPU) or tensorrt (also builds a TensorRT plan; needs a GPU)")
+    parser.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                        help="onnxruntime (CPU; the default) or tensorrt (also builds a TensorRT plan; needs a GPU)")
     parser.add_argument("--hop-ms", type=int, default=20, help=f"audio per step, a multiple of {ENCODER_FRAME_MS} (default: 20)")
     parser.add_argument("--lookahead-ms", type=int, default=None,
                         help="future audio the model waits for, a multiple of 20 (default: the model's setting)")
@@ -38,7 +38,8 @@ def _run(args: argparse.Namespace) -> None:
         raise UserError(f"model family {model.cfg.family!r} streams with sliding windows on the torch backend; "
                         f"only the streaming 'small' family exports to an engine artifact")
     lookahead_ms = model.cfg.lookahead * ENCODER_FRAME_MS if args.lookahead_ms is None else args.lookahead_ms
-    manifest = export_artifact(model, digest, args.out, args.backend, args.hop_ms, lookahead_ms,
+    kind = "tensorrt" if args.backend == "tensorrt" else "onnx"  # the manifest names the artifact's kind
+    manifest = export_artifact(model, digest, args.out, kind, args.hop_ms, lookahead_ms,
                                args.fp16, args.max_streams)
     files = ", ".join(sorted(manifest.files))
     print(f"{PROG}: {args.out} ({files}; hop {manifest.hop_ms} ms, look-ahead {manifest.lookahead_ms} ms, "

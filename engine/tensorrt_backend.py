@@ -91,7 +91,7 @@ def _parser_error(parser: Any, onnx_path: Path) -> str:
     error = parser.get_error(0)
     desc = " ".join(str(error.desc()).split())  # one line, whatever the parser wrote
     return (f"TensorRT cannot parse {onnx_path} (node {error.node()}: {desc}): re-export it with this "
-            f"emotalk-stream, or export with --backend onnx if this TensorRT lacks the operator")
+            f"emotalk-stream, or export with --backend onnxruntime if this TensorRT lacks the operator")
 
 
 def _check_names(found: set[str], expected: set[str], path: Path, what: str) -> None:
@@ -144,7 +144,7 @@ def build_plan(onnx_path: Path, plan_path: Path, interface: StepInterface, max_s
         plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UserError(f"TensorRT could not build a plan from {onnx_path} (its log above says why): try "
-                        f"without --fp16 or with fewer --max-streams, or export with --backend onnx")
+                        f"without --fp16 or with fewer --max-streams, or export with --backend onnxruntime")
     tmp = plan_path.with_name(plan_path.name + ".tmp")
     try:
         tmp.write_bytes(plan)

@@ -1,8 +1,9 @@
 """The terminal: log lines and the live status line share stderr without tearing each other.
 
 Every module logs with `logging`; `Console` is the handler the command installs. On a terminal the
-status line is redrawn in place (carriage return); in a log file it is a plain line every few
-seconds, so CI logs stay readable.
+status line is redrawn in place (carriage return), cut to the terminal's width so that it never
+wraps (a wrapped line cannot be redrawn in place and turns into a scrolling log); in a log file it
+is a plain line every few seconds, so CI logs stay readable.
 """
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 PROG = "emotalk-stream"
 LOG_STATUS_EVERY_S = 5.0
+SEPARATOR = " | "
+DEFAULT_COLUMNS = 80  # where the terminal does not say
 
 
 class Console(logging.Handler):
@@ -40,27 +43,34 @@ class Console(logging.Handler):
             self._draw()
             self._out.flush()
 
-    def status(self, text: str) -> None:
-        """Show `text` as the live status line (nothing with --quiet)."""
+    def status(self, parts: Sequence[tuple[str, int]]) -> None:
+        """Show `parts` ((text, rank), see stats.status_parts) as the live status line (nothing with
+        --quiet); on a terminal, as many as fit its width, the highest ranks left out first."""
         if self._quiet:
             return
         with self._lock:
             if self._tty:
                 self._clear()
-                self._status = text
+                self._status = fit(parts, self._columns() - 1)  # the last column would wrap on some terminals
                 self._draw()
             elif time.monotonic() - self._last_plain >= LOG_STATUS_EVERY_S:
                 self._last_plain = time.monotonic()
-                self._out.write(f"{PROG}: {text}\n")
+                self._out.write(f"{PROG}: {SEPARATOR.join(text for text, _ in parts)}\n")
             self._out.flush()
 
     def end_status(self) -> None:
-        """Leave the last status line on screen and move below it."""
+        """Erase the status line for good: the summary that follows replaces it, and no later log
+        line redraws it."""
         with self._lock:
-            if self._tty and self._status:
-                self._out.write("\n")
-                self._out.flush()
+            self._clear()
+            self._out.flush()
             self._status = ""
+
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self._out.fileno()).columns or DEFAULT_COLUMNS
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return DEFAULT_COLUMNS
 
     def _clear(self) -> None:
         if self._tty and self._status:
@@ -69,6 +79,14 @@ class Console(logging.Handler):
     def _draw(self) -> None:
         if self._tty and self._status:
             self._out.write(self._status)
+
+
+def fit(parts: Sequence[tuple[str, int]], width: int) -> str:
+    """The parts joined into at most `width` characters, leaving out the highest ranks first."""
+    shown = list(parts)
+    while len(shown) > 1 and len(SEPARATOR.join(text for text, _ in shown)) > width:
+        shown.remove(max(shown, key=lambda part: part[1]))
+    return SEPARATOR.join(text for text, _ in shown)[:width]
 
 
 def install(quiet: bool) -> Console:

@@ -8,6 +8,8 @@ applied by the streaming loop between two engine steps.
     /emotalk/gain "mouth" 1.3        {"gain": {"mouth": 1.3}}      region factor 0..4
     /emotalk/smoothing 0.05          {"smoothing": 0.05}           seconds, 0..1
     /emotalk/blink 0 | 1             {"blink": false}              procedural blinks on/off
+    /emotalk/head_motion 0.5         {"head_motion": 0.5}          speech-driven head motion, 0 (off)..2
+    /emotalk/eye_motion 0            {"eye_motion": 0}             gaze holds and saccades, 0 (off)..2
 
 An invalid change is refused with a reason (logged, and returned to the caller); it never stops
 the stream and never half-applies.
@@ -21,13 +23,15 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from ..engine import Controls, Engine
+from ..training.blendshapes import REGIONS
+from ..training.control_values import parse_person
 from ..training.errors import UserError
-from .face import FaceSettings, check_smoothing
+from .face import FaceSettings, check_motion, check_smoothing
 
 log = logging.getLogger(__name__)
 
 OSC_PREFIX = "/emotalk/"
-NAMES = ("emotion", "level", "person", "gain", "smoothing", "blink")
+NAMES = ("emotion", "level", "person", "gain", "smoothing", "blink", "head_motion", "eye_motion")
 MAX_JSON_BYTES = 4096
 
 
@@ -49,6 +53,19 @@ class ControlBoard:
         """(engine controls, face settings, version): the version grows with every change."""
         with self._lock:
             return self._controls, self._face, self._version
+
+    def state(self) -> dict[str, object]:
+        """The controls in effect as the JSON control messages write them, for the viewer: the
+        emotion setting (the model's default where none was given), the level as a number, every
+        region's gain; and the choices: the emotion labels and the number of persons."""
+        controls, face, _ = self.current
+        engine = self._engine
+        return {"emotion": engine.emotion_setting(controls), "level": engine.level_setting(controls),
+                "person": parse_person(controls.person, engine.cfg.n_persons),
+                "gain": {region: float(controls.gains.get(region, 1.0)) for region in REGIONS},
+                "smoothing": face.smoothing, "blink": face.blink,
+                "head_motion": face.head_motion, "eye_motion": face.eye_motion,
+                "labels": list(engine.prototype_labels), "persons": engine.cfg.n_persons}
 
     def submit(self, changes: Mapping[str, object], origin: str) -> str | None:
         """Apply `changes` ({name: value}) together, or none of them; returns the refusal reason."""
@@ -114,9 +131,11 @@ class ControlBoard:
             elif name == "gain":
                 engine_changes["gains"] = {**controls.gains, **_gains(value)}
             elif name == "smoothing":
-                face_changes[name] = check_smoothing(float(_typed(name, value, (int, float))), shown=value)
+                face_changes[name] = check_smoothing(_number(name, value), shown=value)
             elif name == "blink":
                 face_changes[name] = _typed(name, value, bool)
+            elif name in ("head_motion", "eye_motion"):
+                face_changes[name] = check_motion(_number(name, value), name, shown=value)
             else:
                 raise UserError(f"unknown control {name!r}: use {', '.join(NAMES)}")
         return dataclasses.replace(controls, **engine_changes), dataclasses.replace(face, **face_changes)
@@ -127,6 +146,14 @@ def _typed(name: str, value: object, kinds: type | tuple[type, ...]) -> object:
     if isinstance(value, kinds) and (kinds is bool or not isinstance(value, bool)):
         return value
     raise UserError(f"{name} {value!r} has the wrong type ({type(value).__name__})")
+
+
+def _number(name: str, value: object) -> float:
+    """`value` as a float, or a clear refusal (also for a JSON integer too large for one)."""
+    try:
+        return float(_typed(name, value, (int, float)))
+    except OverflowError:
+        raise UserError(f"{name} {value!r} is far out of range") from None
 
 
 def _gains(value: object) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Post-processing of the output frames: causal smoothing and natural procedural blinks.
+"""Post-processing of the output frames: causal smoothing and natural procedural blinks, and the
+live settings of the face (these and the amounts of head and eye motion, `head_motion.py`).
 
 Both run on the audio clock (frame times), never the wall clock, so a file streamed with
 `--no-pace` gives exactly the frames a live run of the same audio would.
@@ -14,6 +15,7 @@ from ..training.blendshapes import INDEX
 from ..training.errors import UserError
 
 MAX_SMOOTHING_S = 1.0
+MAX_MOTION = 2.0  # head and eye motion: 1 is the natural amount, 2 twice as much; more looks restless
 BLINK_CHANNELS = (INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"])
 # People blink about 15-20 times a minute while talking; a blink lasts 100-300 ms and closes faster
 # than it opens.
@@ -32,12 +34,26 @@ def check_smoothing(seconds: float, name: str = "smoothing", shown: object = Non
                         f"from 0 to {MAX_SMOOTHING_S}")
     return seconds
 
+
+def check_motion(amount: float, name: str, shown: object = None) -> float:
+    """`amount` if it is an amount of head or eye motion from 0 (off) to MAX_MOTION, else a
+    `UserError` that names `name` and the value as given (`shown`, default `amount`)."""
+    if not (math.isfinite(amount) and 0.0 <= amount <= MAX_MOTION):
+        raise UserError(f"{name} {amount if shown is None else shown!r} is not an amount from 0 (off) to "
+                        f"{MAX_MOTION} (1: natural)")
+    return amount
+
+
 @dataclass(frozen=True)
 class FaceSettings:
     """Live post-processing controls."""
 
     smoothing: float = 0.0  # time constant in seconds of a causal one-pole low-pass; 0 = off
     blink: bool = True
+    # Speech-driven head motion and eye behaviour (head_motion.py): 0 off, 1 natural. On by default,
+    # as blinks are: an avatar that only moves its mouth looks stiff (docs/streaming.md#head-and-eyes).
+    head_motion: float = 1.0
+    eye_motion: float = 1.0
 
 
 class Blinker:

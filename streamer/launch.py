@@ -20,15 +20,17 @@ from . import console as console_module
 from .address import parse_address, parse_listen_address
 from .cli import TOKEN_ENV
 from .controls import ControlBoard
-from .face import FaceSettings, check_smoothing
+from .face import FaceSettings, check_motion, check_smoothing
+from .ifacialmocap import DEFAULT_PORT as IFACIALMOCAP_PORT
+from .ifacialmocap_sink import IFacialMocapSink
 from .livelink import LiveLinkSink
 from .osc_control import OscControlServer
-from .osc_sink import OscSink
+from .osc_sink import DEFAULT_SHAPES, OscSink
 from .pipeline import Streamer, Summary
 from .recorder import Recorder
 from .sink import Sink
 from .sources import MicSource, Source, StdinSource, WavSource, list_devices
-from .websocket_sink import WebSocketSink
+from .websocket_sink import WebSocketSink, read_avatar
 
 log = logging.getLogger("emotalk_stream.streamer.cli")  # the command's logger, as in every message it prints
 
@@ -41,7 +43,11 @@ def stream(args: argparse.Namespace) -> int:
     # Everything the user can get wrong is checked before the model loads.
     source = make_source(args)
     outputs = parse_outputs(args)
-    face = FaceSettings(smoothing=check_smoothing(args.smoothing, "--smoothing"), blink=not args.no_blink)
+    face = FaceSettings(smoothing=check_smoothing(args.smoothing, "--smoothing"), blink=not args.no_blink,
+                        head_motion=check_motion(args.head_motion, "--head-motion"),
+                        eye_motion=check_motion(args.eye_motion, "--eye-motion"))
+    if args.seed < 0:
+        raise UserError(f"--seed {args.seed} is negative: give a whole number from 0 up")
     controls = Controls(level=args.level, person=args.person, emotion=args.emotion, gains=parse_gains(args.gain),
                         voice_gate=not args.no_voice_gate)
     control_address = parse_listen_address(args.control, "--control") if args.control else None
@@ -61,7 +67,7 @@ def stream(args: argparse.Namespace) -> int:
         if args.wait_for_client:
             wait_for_client(sinks)
         streamer = Streamer(source, engine, board, sinks, args.fps, console, args.seed, args.exit_on_device_loss)
-        log.info("streaming %s at %d fps to %s (Ctrl-C stops)", describe_source(args), args.fps,
+        log.info("streaming %s at %d fps to %s (Ctrl-C stops)", describe_source(args, source), args.fps,
                  ", ".join(s.name for s in sinks))
         summary = with_signals(streamer.run)
     finally:
@@ -82,21 +88,29 @@ def wait_for_client(sinks: list[Sink]) -> None:
 
 
 def make_source(args: argparse.Namespace) -> Source:
+    pcm = {key: value for key, value in (("fmt", args.stdin_format), ("rate", args.stdin_rate),
+                                         ("channels", args.stdin_channels)) if value is not None}
+    if pcm and (args.mic is not None or args.wav is not None):
+        given = [f"--stdin-{'format' if key == 'fmt' else key}" for key in pcm]
+        source, what = ("--mic", "microphone") if args.mic is not None else ("--wav", "file")
+        raise UserError(f"{', '.join(given)} only describe{'s' if len(given) == 1 else ''} the raw PCM of --stdin; "
+                        f"{source} uses the {what}'s own format, rate and channels: leave "
+                        f"{'it' if len(given) == 1 else 'them'} out")
     if args.mic is not None:
         return MicSource(args.mic)
     if args.wav is not None:
         return WavSource(args.wav, pace=not args.no_pace)
     if args.stdin:
-        return StdinSource(args.stdin_format, args.stdin_rate, args.stdin_channels)
+        return StdinSource(**pcm)
     raise UserError("no audio source: give --mic default (or a name from --list-devices), --wav FILE or --stdin")
 
 
-def describe_source(args: argparse.Namespace) -> str:
+def describe_source(args: argparse.Namespace, source: Source) -> str:
+    if isinstance(source, StdinSource):
+        return f"stdin ({source.fmt}, {source.rate} Hz)"
     if args.mic is not None:
         return f"microphone {args.mic!r}"
-    if args.wav is not None:
-        return f"{args.wav}" + (" (as fast as possible)" if args.no_pace else "")
-    return f"stdin ({args.stdin_format}, {args.stdin_rate} Hz)"
+    return f"{args.wav}" + (" (as fast as possible)" if args.no_pace else "")
 
 
 @dataclass
@@ -110,18 +124,29 @@ class Outputs:
 
 def parse_outputs(args: argparse.Namespace) -> Outputs:
     """Every output's address, format and file name, checked before any socket is opened or model loaded."""
-    if not (args.osc or args.livelink or args.ws or args.record):
-        raise UserError("nothing to send to: add --osc HOST:PORT, --livelink HOST:PORT, --ws HOST:PORT or --record FILE")
+    if not (args.osc or args.ifacialmocap or args.livelink or args.ws or args.record):
+        raise UserError("nothing to send to: add --osc HOST:PORT, --ifacialmocap HOST, --livelink HOST:PORT, "
+                        "--ws HOST:PORT or --record FILE, or --preset APP")
     formats = args.osc_format or ["vmc"]
     if len(formats) not in (1, len(args.osc)):
         raise UserError(f"{len(formats)} --osc-format for {len(args.osc)} --osc: give one format for all, "
                         f"or one per --osc in the same order")
     formats = formats * len(args.osc) if len(formats) == 1 else formats
+    if (args.vmc_shapes != DEFAULT_SHAPES or args.vmc_unbundled) and "vmc" not in formats:
+        raise UserError("--vmc-shapes and --vmc-unbundled shape VMC output: add --osc HOST:PORT in the vmc format "
+                        "(the default), or leave them out")
     if (args.token or args.allow_origin) and not args.ws:
         raise UserError("--token and --allow-origin protect the WebSocket server: add --ws [HOST:]PORT")
     if args.wait_for_client and not args.ws:
         raise UserError("--wait-for-client waits for a WebSocket client: add --ws [HOST:]PORT")
-    sinks: list[Sink] = [OscSink(*parse_address(a, "--osc"), f) for a, f in zip(args.osc, formats)]
+    if args.avatar and not args.ws:
+        raise UserError("--avatar is shown by the viewer page: add --ws [HOST:]PORT")
+    if args.avatar:
+        read_avatar(args.avatar, 4)
+    sinks: list[Sink] = [OscSink(*parse_address(a, "--osc"), f, args.vmc_shapes, not args.vmc_unbundled)
+                         for a, f in zip(args.osc, formats)]
+    sinks += [IFacialMocapSink(*parse_address(a, "--ifacialmocap", default_port=IFACIALMOCAP_PORT))
+              for a in args.ifacialmocap]
     sinks += [LiveLinkSink(*parse_address(a, "--livelink"), args.subject) for a in args.livelink]
     sinks += [Recorder(path) for path in args.record]
     return Outputs(sinks, parse_listen_address(args.ws, "--ws") if args.ws else None,
@@ -132,7 +157,8 @@ def make_sinks(outputs: Outputs, args: argparse.Namespace, board: ControlBoard) 
     """The checked outputs and the WebSocket server, which serves the live controls too."""
     if outputs.ws is None:
         return outputs.sinks
-    return [*outputs.sinks, WebSocketSink(*outputs.ws, board, token=outputs.token, allowed_origins=args.allow_origin)]
+    return [*outputs.sinks, WebSocketSink(*outputs.ws, board, token=outputs.token, allowed_origins=args.allow_origin,
+                                          avatar=args.avatar, audio=args.wav)]
 
 
 def load_engine(args: argparse.Namespace) -> Engine:
@@ -178,9 +204,15 @@ def with_signals(body: Callable[[threading.Event], Summary]) -> Summary:
 
 
 def report(summary: Summary) -> None:
-    latency = "" if summary.latency_ms is None else (
-        f", latency p50 {summary.latency_ms[0]:.0f} ms p95 {summary.latency_ms[1]:.0f} ms")
+    if summary.ahead_of_real_time:  # e.g. a file piped into --stdin: sound-to-packet time is its backlog
+        latency = ", latency not measured (the input came faster than real time and waited in a queue)"
+    elif summary.latency_ms is None:
+        latency = ""
+    else:
+        latency = f", latency p50 {summary.latency_ms[0]:.0f} ms p95 {summary.latency_ms[1]:.0f} ms"
+    errors = "" if not summary.errors else ", send errors " + ", ".join(
+        f"{count} to {name}" for name, count in summary.errors.items())
     how = "stopped" if summary.stopped else "end of input"
-    log.info("%s: %d frames for %.2f s of audio%s, %d dropped, %d overruns", how, summary.frames,
-             summary.audio_seconds, latency, summary.drops, summary.overruns)
+    log.info("%s: %d frames for %.2f s of audio%s, %d dropped, %d overruns%s", how, summary.frames,
+             summary.audio_seconds, latency, summary.drops, summary.overruns, errors)
 

@@ -1,4 +1,5 @@
-"""The streaming loop: source -> engine -> frame clock -> face post-processing -> every sink.
+"""The streaming loop: source -> engine -> frame clock -> face post-processing and head and eye
+motion -> every sink.
 
 One thread runs it. The audio callback only fills the source's ring buffer; each sink sends from
 its own thread and bounded queue; control servers change the controls from theirs. Frame indices
@@ -15,15 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import Engine, Stream
+from ..training.control_values import parse_emotion
 from ..training.errors import UserError
 from .clock import FrameClock
 from .console import Console
 from .controls import ControlBoard
 from .face import FacePost
 from .frames import OutFrame, neutral_frame
+from .head_motion import MotionModel
 from .sink import Sink
 from .sources import DeviceLost, Source
-from .stats import Stats
+from .stats import Stats, status_parts
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class Summary:
     drops: int
     overruns: int
     stopped: bool  # by a signal, not by the end of the input
+    errors: dict[str, int]  # failed sends by receiver, those with any
+    ahead_of_real_time: bool  # the input came faster than it plays: `latency_ms` measures a backlog
 
 
 class Streamer:
@@ -55,12 +60,14 @@ class Streamer:
         self._clock = FrameClock(engine.cfg.fps, fps, engine.sample_rate)
         controls, face, self._version = board.current
         self._face = FacePost(fps, face, seed)
+        self._motion = MotionModel(fps, seed)
         self._stream: Stream = engine.create_stream(controls)
         self._pace = source.realtime and fps > engine.cfg.fps
         self._last_release = 0.0
         self._next_status = time.monotonic() + STATUS_EVERY_S
         self._exit_on_device_loss = exit_on_device_loss
         self._lost = False  # the microphone went away and has not delivered since
+        self._heard: str | None = None  # the voice's emotion so far
         for sink in self.sinks:
             sink.on_sent = self._sent
             sink.lossless = not source.realtime
@@ -98,16 +105,16 @@ class Streamer:
                 self._check_engine()
                 self._emit(finished=True)
         finally:
-            last = neutral_frame(self._clock.next_index, self.fps)
+            if self.console is not None:  # before the sinks' last log lines, which would redraw it
+                self.console.end_status()
+            last = neutral_frame(self._clock.next_index, self.fps, self._motion.rest())
             for sink in self.sinks:
                 sink.close(last)
             self.source.close()
             stream.close()
-            if self.console is not None:
-                self.console.end_status()
         return Summary(self.stats.frames, stream.samples_received / self.engine.sample_rate,
                        self.stats.run_latency_ms(), sum(s.drops for s in self.sinks), self.source.overruns,
-                       stop.is_set())
+                       stop.is_set(), self._errors(), self.source.ahead_of_real_time)
 
     def _wait_for_device(self, lost: DeviceLost, stop: threading.Event) -> None:
         """Rest every avatar on a neutral face until the microphone opens again (or stop)."""
@@ -118,7 +125,7 @@ class Streamer:
                         "(--exit-on-device-loss stops instead)", lost)
             self._lost = True
         while not stop.is_set():
-            neutral = neutral_frame(self._clock.next_index, self.fps)
+            neutral = neutral_frame(self._clock.next_index, self.fps, self._motion.rest())
             for sink in self.sinks:
                 sink.submit(neutral)
             if stop.wait(REOPEN_EVERY_S):
@@ -149,8 +156,11 @@ class Streamer:
             return
         probabilities = stream.emotion_probabilities()
         emotion = None if probabilities is None else self.engine.cfg.emotion_labels[int(np.argmax(probabilities))]
+        self._heard = emotion
         for index, seconds, weights in ready:
-            frame = OutFrame(index, seconds, self.fps, self._face(seconds, weights), emotion=emotion)
+            shown, settings = self._face(seconds, weights), self._face.settings
+            motion = self._motion(seconds, shown, settings.head_motion, settings.eye_motion)
+            frame = OutFrame(index, seconds, self.fps, shown, emotion=emotion, motion=motion)
             release = 0.0
             if self._pace:
                 release = max(time.monotonic(), self._last_release + PACE_FRACTION / self.fps)
@@ -172,10 +182,21 @@ class Streamer:
         if self.console is None or now < self._next_status:
             return
         self._next_status = now + STATUS_EVERY_S
-        latency = self.stats.recent_latency_ms()
-        latency_text = "latency --" if latency is None else f"latency p50 {latency[0]:.0f} ms p95 {latency[1]:.0f} ms"
-        drops = sum(s.drops for s in self.sinks)
-        errors = sum(s.errors for s in self.sinks)
-        self.console.status(
-            f"{self.stats.frame_rate():5.1f} fps | {latency_text} | input {self.stats.input_dbfs():6.1f} dBFS | "
-            f"drops {drops} | overruns {self.source.overruns}" + (f" | send errors {errors}" if errors else ""))
+        rate = self.stats.frame_rate()
+        clients = [s.clients for s in self.sinks if s.clients is not None]
+        self.console.status(status_parts(
+            rate, self.stats.recent_latency_ms(), rate / self.fps if self.source.ahead_of_real_time else None,
+            self.stats.input_dbfs(), self._emotion_in_effect(), sum(clients) if clients else None,
+            sum(s.drops for s in self.sinks), self.source.overruns, self._errors()))
+
+    def _emotion_in_effect(self) -> str:
+        """What the face shows: the emotion set (`sad:0.8`, the calm default), or with `auto` the one
+        heard in the voice so far."""
+        labels = self.engine.cfg.emotion_labels
+        label, strength = parse_emotion(self.engine.emotion_setting(self.board.current[0]), labels)
+        if label is None:
+            return f"{self._heard or '--'} (voice)"
+        return labels[label] + ("" if strength == 1.0 else f":{strength:g}")
+
+    def _errors(self) -> dict[str, int]:
+        return {s.name: s.errors for s in self.sinks if s.errors}

@@ -1,10 +1,11 @@
 """Recording a stream to a file: one row per frame of audio, nothing dropped.
 
 `.csv` is the Live Link Face CSV layout (`training.livelink_csv`), written and flushed row by row
-so a crash loses at most the frame being written; `.npy` is (T, 52) float32 in EmoTalk order,
-rows appended as they come and the row count written into the header when the stream closes (so
-memory stays flat however long the show). The final neutral frame is not part of the audio and
-not recorded.
+so a crash loses at most the frame being written; its 9 rotation columns hold the head and eye
+angles as the Live Link Face packet does (`livelink.rotation_values`). `.npy` is (T, 52) float32
+in EmoTalk order (the weights only), rows appended as they come and the row count written into the
+header when the stream closes (so memory stays flat however long the show). The final neutral
+frame is not part of the audio and not recorded.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..training.blendshapes import COUNT
 from ..training.errors import UserError
 from ..training.livelink_csv import csv_header, csv_row
 from .frames import OutFrame
+from .livelink import rotation_values
 from .sink import Sink
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ class Recorder(Sink):
         if path.suffix.lower() not in SUFFIXES:
             raise UserError(f"cannot record to {path}: the file must end in .csv (Live Link Face CSV) "
                             "or .npy (NumPy array)")
+        if not path.parent.exists():  # a typo in a folder name must not quietly make a new tree
+            raise UserError(f"cannot record to {path}: the folder {path.parent} does not exist; create it first "
+                            f"or record somewhere else")
         # A file is not a slow network peer: its queue never drops.
         super().__init__(f"record {path}", queue_frames=sys.maxsize)
         self.path = path
@@ -48,7 +53,6 @@ class Recorder(Sink):
 
     def _open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = self.path.open("w", newline="") if self._csv else self.path.open("wb")
             self._handle.write(csv_header() if self._csv else _npy_header(0))
             self._handle.flush()
@@ -62,7 +66,7 @@ class Recorder(Sink):
             return
         if self._csv:
             assert self._handle is not None, "open() the recorder first"
-            self._handle.write(csv_row(frame.index, frame.weights, frame.fps))
+            self._handle.write(csv_row(frame.index, frame.weights, frame.fps, rotation_values(frame.motion)))
             self._handle.flush()
         else:
             assert self._handle is not None, "open() the recorder first"

@@ -43,6 +43,12 @@ class Sink(ABC):
         self._last_error = 0.0
         self._thread: threading.Thread | None = None
 
+    @property
+    def clients(self) -> int | None:
+        """How many clients are connected, for a server (the status line shows it); None for a sink
+        that sends to one receiver."""
+        return None
+
     def open(self) -> None:
         """Claim the socket or file and start the sending thread; raises `UserError` on bad setup."""
         self._open()

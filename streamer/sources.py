@@ -8,12 +8,16 @@ audio; the resampling happens in `read`, on the streaming thread.
 """
 from __future__ import annotations
 
+import io
 import logging
+import os
 import queue
+import select
 import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, BinaryIO
@@ -31,6 +35,12 @@ STAMPS = 4096  # arrival stamps kept: 40 s of 10 ms blocks
 PCM_FORMATS = {"s16le": ("<i2", 1 / 32768), "f32le": ("<f4", 1.0)}
 PIPE_READ_BYTES = 8192  # at most this much per read from the pipe: small, so arrival stamps stay fine
 PIPE_QUEUE_CHUNKS = 64  # converted chunks waiting for `read`; a full queue holds back the writer
+PIPE_POLL_S = 0.1  # how long the pipe's reader waits for bytes before it looks whether to stop
+# Input this far ahead of real time (a file piped in, a fast TTS) waits in the queue above, so the
+# time from its arrival to its frames is backlog, not the streamer's latency. More than a full
+# Linux pipe (64 KiB: 2 s of 16 kHz s16le) that a live writer may fill while the model loads.
+AHEAD_OF_REAL_TIME_S = 3.0
+STDIN_EXAMPLE = "ffmpeg -i speech.mp3 -f s16le -ac 1 -ar 16000 - | emotalk-stream --stdin ..."
 
 
 class DeviceLost(UserError):
@@ -49,6 +59,10 @@ class Source(ABC):
     sample_rate: int = SAMPLE_RATE
     realtime: bool  # audio arrives at the speed it plays (microphone, paced file)
     overruns: int = 0  # audio lost because the reader fell behind; counted, never fatal
+    # The input came faster than it plays and waited in a queue, so sound-to-packet times measure
+    # that backlog rather than the streamer's latency (the unpaced file is handed out block by
+    # block instead, and stays measured).
+    ahead_of_real_time: bool = False
 
     def check(self) -> None:
         """Raise `UserError` now for what the user can fix (a missing file, an absent microphone), so
@@ -451,23 +465,39 @@ class StdinSource(Source):
         self._ended = False  # the end of the input was handed to `read`
         self._error: BaseException | None = None
 
+    def _input(self) -> BinaryIO:
+        if self._stream is not None:
+            return self._stream
+        if sys.stdin is None:  # started with standard input closed (`<&-`)
+            raise UserError(f"--stdin: standard input is closed; pipe raw PCM into it, e.g. {STDIN_EXAMPLE}")
+        return sys.stdin.buffer
+
+    def check(self) -> None:
+        """A terminal is no PCM source: typing at it would only wait, silently, at 0 fps."""
+        if self._input().isatty():
+            raise UserError(f"--stdin reads raw PCM from a pipe, but standard input is a terminal: pipe audio "
+                            f"into it, e.g. {STDIN_EXAMPLE}, or use --mic default or --wav FILE")
+
     def start(self) -> None:
-        stream = self._stream if self._stream is not None else sys.stdin.buffer
-        read = getattr(stream, "read1", stream.read)  # read1: return what the pipe has, without waiting for more
-        self._thread = threading.Thread(target=self._run, args=(read,), name="stdin reader", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(_pipe_reader(self._input()),),
+                                        name="stdin reader", daemon=True)
         self._thread.start()
 
-    def _run(self, read: Any) -> None:
+    def _run(self, read: Callable[[int], bytes | None]) -> None:
         """Reader thread: bytes -> whole sample frames -> mono -> 16 kHz chunks, then None at the end."""
         resampler = StreamingResampler(self.rate, self.sample_rate)
         carry = b""  # the start of a sample frame split across two reads
         frames = 0
+        first = 0.0  # when the first bytes arrived
         try:
             while not self._closing.is_set():
                 data = read(PIPE_READ_BYTES)
+                if data is None:  # nothing yet: look at the closing flag again
+                    continue
                 if not data:
                     break
                 now = time.monotonic()
+                first = first or now
                 data = carry + data
                 whole = len(data) - len(data) % self._frame_bytes
                 carry = data[whole:]
@@ -476,6 +506,8 @@ class StdinSource(Source):
                 pcm = np.frombuffer(data, dtype=self._dtype, count=whole // self._dtype.itemsize)
                 frames += whole // self._frame_bytes
                 self._stamps.add(frames, now)
+                if frames / self.rate - (now - first) > AHEAD_OF_REAL_TIME_S:
+                    self.ahead_of_real_time = True
                 self._put(_clipped(resampler.process(self._to_mono(pcm))))
             if carry:
                 log.warning("stdin ended inside a sample frame; ignored its last %d bytes", len(carry))
@@ -530,7 +562,26 @@ class StdinSource(Source):
         return self._stamps.time_of(sample * self.rate // self.sample_rate)
 
     def close(self) -> None:
-        """Stop reading; a read blocked on an idle pipe ends with the process (daemon thread)."""
+        """Stop reading: the reader thread ends within PIPE_POLL_S, even on an idle pipe."""
         self._closing.set()
         if self._thread is not None:
             self._thread.join(timeout=0.5)
+
+
+def _pipe_reader(stream: BinaryIO) -> Callable[[int], bytes | None]:
+    """`read(n)`: up to n bytes as soon as some are there, b"" at the end, None after PIPE_POLL_S
+    without any. Where the stream has a file descriptor it is read directly: a thread blocked inside
+    a buffered reader holds its lock, and when the interpreter exits (Ctrl-C on an idle pipe) it
+    cannot close sys.stdin and aborts with `Fatal Python error: _enter_buffered_busy`. In-memory
+    streams (tests) are read with their own read1."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return getattr(stream, "read1", stream.read)
+
+    def read(size: int) -> bytes | None:
+        # Windows' select takes only sockets: there the read blocks, without a lock, until data or the end.
+        if os.name == "posix" and not select.select([fd], [], [], PIPE_POLL_S)[0]:
+            return None
+        return os.read(fd, size)
+    return read

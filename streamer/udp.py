@@ -1,4 +1,5 @@
-"""Senders of one UDP datagram per frame (OSC, Live Link Face), connected to one receiver.
+"""Senders of UDP datagrams, one per frame but for unbundled VMC (OSC, iFacialMocap, Live Link Face),
+connected to one receiver.
 
 Connected sockets, so that Linux reports a receiver that is down (ICMP port unreachable) as an
 error on a later send, which the Sink base reports once and retries.
@@ -38,7 +39,7 @@ def connect_udp(host: str, port: int, option: str) -> socket.socket:
 
 
 class UdpSink(Sink):
-    """A sink that sends one datagram per frame to one receiver."""
+    """A sink that sends each frame's datagrams, in order, to one receiver."""
 
     def __init__(self, name: str, host: str, port: int, option: str):
         super().__init__(name)
@@ -56,8 +57,9 @@ class UdpSink(Sink):
 
     def _send(self, frame: OutFrame) -> None:
         assert self._sock is not None, "open() the sink first"
-        self._sock.send(self.encode(frame))
+        for datagram in self.datagrams(frame):
+            self._sock.send(datagram)
 
     @abstractmethod
-    def encode(self, frame: OutFrame) -> bytes:
-        """The datagram for `frame`."""
+    def datagrams(self, frame: OutFrame) -> list[bytes]:
+        """The datagrams for `frame`, in the order they go out."""

@@ -1,11 +1,17 @@
 """Frames as JSON over WebSocket to browser avatars, plus the live viewer page on the same port.
 
-    GET /            the viewer (streamer/viewer/index.html), and the face.js and viewer.css it loads
+    GET /            the viewer (streamer/viewer/index.html), and the scripts and style it loads
+    GET /viewer.json {"avatar": "/avatar.vrm" | null, "audio": "/audio.wav" | null}: what the two below hold
+    GET /avatar.vrm  the --avatar model, as given (token required, as for /ws)
+    GET /audio.wav   a --wav source's audio, mono 16-bit at its own rate, for the viewer to play in sync
+                     with the frames (token required, as for /ws)
     WebSocket /ws    one JSON text message per frame, to every client:
                      {"frame": 12, "time": 0.4, "fps": 30, "weights": {"browDownLeft": 0.0123, ...all 52},
                       "emotion": "happy" | null, "final": false}
                      text sent by a client is a control message (streamer/controls.py), answered
                      {"ok": true} or {"error": "reason"}
+    WebSocket /ws?controls=1   the same, and {"controls": {...}} (ControlBoard.state) on connecting and
+                     whenever the controls change, before the next frame
 
 Clients can change the face, so the upgrade to /ws is guarded: with a token, only requests that
 carry it (`?token=` or `Authorization: Bearer`) get in (401 otherwise); and a browser's Origin must
@@ -23,6 +29,7 @@ import asyncio
 import errno
 import hmac
 import http
+import io
 import json
 import logging
 import socket
@@ -33,6 +40,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import soundfile
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -50,11 +58,19 @@ log = logging.getLogger(__name__)
 WS_PATH = "/ws"
 # The only files ever served, from streamer/viewer/: request paths are looked up here and never
 # joined to a folder, so no path can reach another file. The face and the look are shared with
-# emotalk-serve's demo page, which serves `SHARED` too.
+# emotalk-serve's demo page, which serves `SHARED` too. vendor/ holds three.js and three-vrm
+# (scripts/vendor_viewer.sh), loaded only when an avatar is shown.
 SHARED = {"/face.js": "face.js", "/viewer.css": "viewer.css"}
-PAGES = {"/": "index.html", "/index.html": "index.html", **SHARED}
+VENDOR = ("three.core.min.js", "three.module.min.js", "GLTFLoader.min.js", "three-vrm.module.min.js")
+PAGES = {"/": "index.html", "/index.html": "index.html", "/viewer.js": "viewer.js", "/avatar.js": "avatar.js",
+         **SHARED, **{f"/vendor/{name}": f"vendor/{name}" for name in VENDOR}}
+CONFIG_PATH = "/viewer.json"
+AVATAR_PATH = "/avatar.vrm"
+AUDIO_PATH = "/audio.wav"
+MAX_AUDIO_S = 15 * 60  # longer files are not offered to the viewer: the browser holds the whole clip decoded
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8"}
+                 ".css": "text/css; charset=utf-8", ".json": "application/json",
+                 ".vrm": "model/gltf-binary", ".wav": "audio/wav"}
 MAX_MESSAGE_BYTES = 16 * MAX_JSON_BYTES  # larger messages close that client (1009); smaller ones get a reply
 START_TIMEOUT_S = 10.0
 STALL_S = 2.0  # a client whose queue stays full this long has stopped reading and is disconnected
@@ -65,16 +81,19 @@ CLOSE_TIMEOUT_S = 0.5  # for the closing handshakes; connections still open then
 # queue instead of receiving seconds-old ones from the kernel's buffer.
 SEND_BUFFER_BYTES = 32 * 1024
 WRITE_LIMIT_BYTES = 4 * 1024
-# The viewer's own files and its inline script only; no request leaves the viewer's own server.
+# The viewer's own files and its inline import map only; no request leaves the viewer's own server.
+# blob: is the avatar's textures, which three.js's glTF loader unpacks from the model in memory.
 VIEWER_CSP = ("default-src 'none'; style-src 'self'; script-src 'self' 'unsafe-inline'; "
-              "connect-src 'self'; img-src 'self' data:")
+              "connect-src 'self' blob:; img-src 'self' data: blob:")
 
 
 class _Client:
     """One connected browser: its newest frames, waiting to be written by its own task."""
 
-    def __init__(self, connection: ServerConnection, capacity: int):
+    def __init__(self, connection: ServerConnection, capacity: int, wants_controls: bool = False):
         self.connection = connection
+        self.wants_controls = wants_controls  # asked for the controls in effect (/ws?controls=1)
+        self.controls_version = -1  # the ControlBoard version it was last sent
         self.pending: deque[str] = deque()
         self.capacity = capacity
         self.ready = asyncio.Event()  # frames are waiting
@@ -88,9 +107,11 @@ class WebSocketSink(Sink):
     """Streams frames to any number of WebSocket clients and takes their control messages."""
 
     def __init__(self, host: str, port: int, board: ControlBoard | None = None, client_queue: int = 8, *,
-                 token: str | None = None, allowed_origins: Sequence[str] = ()):
+                 token: str | None = None, allowed_origins: Sequence[str] = (), avatar: str | None = None,
+                 audio: str | None = None):
         """`token`: the secret a client must send; `allowed_origins`: web pages (scheme://host[:port])
-        besides the viewer itself whose scripts may connect."""
+        besides the viewer itself whose scripts may connect; `avatar`: a VRM file for the viewer to
+        show; `audio`: the audio file streamed, for the viewer to play."""
         super().__init__(f"ws {host}:{port}")
         self.host = host
         self.port = port
@@ -105,6 +126,10 @@ class WebSocketSink(Sink):
         self._clients: set[_Client] = set()
         self._connections = OpenConnections()  # every TCP connection, even mid-handshake
         self._files: dict[str, bytes] = {}
+        self._avatar = avatar
+        self._audio = audio
+        self._media: dict[str, bytes] = {}  # AVATAR_PATH, AUDIO_PATH: served with the token only
+        self._config = b""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._server: Server | None = None
@@ -125,10 +150,17 @@ class WebSocketSink(Sink):
     def _open(self) -> None:
         viewer = resources.files(__package__).joinpath("viewer")
         try:
-            self._files = {name: viewer.joinpath(name).read_bytes() for name in set(PAGES.values())}
+            self._files = {name: viewer.joinpath(*name.split("/")).read_bytes() for name in set(PAGES.values())}
         except OSError as exc:
             raise UserError(f"{self._option}: the viewer page is missing ({exc}); "
                             "reinstall emotalk-stream") from None
+        self._media = {}
+        if self._avatar is not None:
+            self._media[AVATAR_PATH] = read_avatar(self._avatar)
+        if self._audio is not None and (audio := viewer_audio(self._audio)) is not None:
+            self._media[AUDIO_PATH] = audio
+        self._config = json.dumps({"avatar": AVATAR_PATH if AVATAR_PATH in self._media else None,
+                                   "audio": AUDIO_PATH if AUDIO_PATH in self._media else None}).encode()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name=f"{self.name} loop", daemon=True)
         self._loop_thread.start()
@@ -236,6 +268,13 @@ class WebSocketSink(Sink):
         if path in PAGES and "Upgrade" not in request.headers:
             return _response(http.HTTPStatus.OK, content_type_of(PAGES[path]), self._files[PAGES[path]],
                              {"Cache-Control": "no-cache", "Content-Security-Policy": VIEWER_CSP})
+        if path == CONFIG_PATH and "Upgrade" not in request.headers:
+            return _response(http.HTTPStatus.OK, content_type_of(path), self._config, {"Cache-Control": "no-cache"})
+        if path in self._media and "Upgrade" not in request.headers:
+            reason = token_refusal(request.headers, query, self._token)
+            if reason is not None:
+                return _refuse(http.HTTPStatus.UNAUTHORIZED, reason)
+            return _response(http.HTTPStatus.OK, content_type_of(path), self._media[path], {"Cache-Control": "no-cache"})
         return _response(http.HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8",
                          f"not found; the viewer is at / and frames are at {WS_PATH}\n".encode())
 
@@ -259,13 +298,15 @@ class WebSocketSink(Sink):
         peer = _peer(connection)
         sock = connection.transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        client = _Client(connection, self._client_queue)
+        query = parse_qs(urlsplit(connection.request.path).query)
+        client = _Client(connection, self._client_queue, self.board is not None and query.get("controls") == ["1"])
         self._clients.add(client)
         writer = asyncio.create_task(self._write(client))
         log.info("%s: client %s connected (%d now)", self.name, peer, len(self._clients))
         try:
             async for message in connection:
                 await connection.send(json.dumps(self._control(message, peer)))
+                client.ready.set()  # its writer sends the changed controls, if it asked for them
         except ConnectionClosed:
             pass
         finally:
@@ -277,6 +318,8 @@ class WebSocketSink(Sink):
         """Send this client's queued frames, oldest first, as fast as it reads them."""
         try:
             while True:
+                if client.wants_controls:
+                    await self._send_controls(client)
                 if not client.pending:
                     client.idle.set()
                     client.ready.clear()
@@ -287,6 +330,13 @@ class WebSocketSink(Sink):
         except ConnectionClosed:
             client.pending.clear()
             client.idle.set()
+
+    async def _send_controls(self, client: _Client) -> None:
+        """The controls in effect, to a client that asked for them, if they changed since it last got them."""
+        version = self.board.current[2]
+        if version != client.controls_version:
+            client.controls_version = version
+            await client.connection.send(json.dumps({"controls": self.board.state()}))
 
     def _control(self, message: str | bytes, peer: str) -> dict[str, object]:
         """The reply to one message from a client: controls are JSON text, applied by the board."""
@@ -368,6 +418,37 @@ def _response(status: http.HTTPStatus, content_type: str, body: bytes,
 def content_type_of(name: str) -> str:
     """The Content-Type of one of the pages' files, by its suffix."""
     return CONTENT_TYPES[name[name.rindex("."):]]
+
+
+def read_avatar(path: str, size: int = -1) -> bytes:
+    """The first `size` bytes (all by default) of an `--avatar` file, which must be binary glTF (a .vrm)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(size)
+    except OSError as exc:
+        raise UserError(f"--avatar {path}: cannot read it ({exc.strerror or exc})") from None
+    if data[:4] != b"glTF":
+        raise UserError(f"--avatar {path} is not a VRM file (binary glTF, which starts with 'glTF'); "
+                        "export the model as VRM 0.x or 1.0")
+    return data
+
+
+def viewer_audio(path: str) -> bytes | None:
+    """`path` as a mono 16-bit WAV at its own rate, for the viewer to play with the frames; None (and
+    the viewer plays nothing) for a file longer than MAX_AUDIO_S or one that cannot be read."""
+    try:
+        seconds = soundfile.info(path).duration
+        if seconds > MAX_AUDIO_S:
+            log.info("%s is %.0f s long: the viewer plays files up to %d s, so it gets no audio", path, seconds,
+                     MAX_AUDIO_S)
+            return None
+        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (OSError, RuntimeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+        log.warning("the viewer gets no audio: cannot read %s (%s)", path, exc)
+        return None
+    out = io.BytesIO()
+    soundfile.write(out, samples.mean(axis=1), rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
 
 
 def _refuse(status: http.HTTPStatus, reason: str) -> Response:

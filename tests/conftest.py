@@ -1,5 +1,5 @@
 """Fixtures shared by the tests: one engine of the bundled model for the session, a time limit, a
-headless Chromium tab, and the package's logger put back after every test."""
+headless Chromium tab, the package's logger put back after every test, and no user config file."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +15,15 @@ from emotalk_stream.streamer.controls import ControlBoard
 from emotalk_stream.streamer.face import FaceSettings
 
 TEST_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_user_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """emotalk-stream reads $XDG_CONFIG_HOME/emotalk-stream/config.toml without --config: a
+    developer's own file must not change what the commands the tests start do."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
+        yield
 
 
 @pytest.fixture(scope="session")

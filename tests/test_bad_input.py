@@ -170,6 +170,28 @@ def stdin_works(rate: int, channels: int, fmt: str) -> Callable[[Env], None]:
     return check
 
 
+def stdin_at_a_terminal(env: Env) -> None:
+    """Standard input is a real terminal (a pseudo-terminal), as when --stdin is typed at a prompt
+    without a pipe: refused at once rather than waiting silently at 0 fps."""
+    controller, terminal = os.openpty()
+    os.write(controller, b"\x04")  # Ctrl-D: were the terminal read, its input would end (a failure, not a hang)
+    try:
+        with open(terminal, "rb") as stdin:
+            env.monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stdin))
+            refused(env, ["--stdin", "--record", "face.npy"],
+                    r"--stdin reads raw PCM from a pipe, but standard input is a terminal: pipe audio into it, "
+                    r"e\.g\. ffmpeg .* \| emotalk-stream --stdin")
+    finally:
+        os.close(controller)
+
+
+def record_into_a_missing_folder(env: Env) -> None:
+    """Refused, and the folder is not made: a typo in its name must not grow a new tree."""
+    command(["--record", "TMP/no-such-folder/take.csv"],
+            r"cannot record to .*take\.csv: the folder .*no-such-folder does not exist; create it first")(env)
+    assert not (env.tmp / "no-such-folder").exists()
+
+
 def stdin_with(values: tuple[float, ...]) -> Callable[[Env], None]:
     """One second of f32le speech-level noise with runs of `values` in it."""
     def check(env: Env) -> None:
@@ -308,6 +330,12 @@ CASES = [
          command(["--smoothing", "-1"], r"--smoothing -1\.0 is not a number of seconds")),
     Case("option", "--smoothing nan", "`--smoothing nan is not a number of seconds from 0 to 1.0`",
          command(["--smoothing", "nan"], r"--smoothing nan is not")),
+    Case("option", "--head-motion 3", "`--head-motion 3.0 is not an amount from 0 (off) to 2.0 (1: natural)`",
+         command(["--head-motion", "3"], r"--head-motion 3\.0 is not an amount from 0 \(off\) to 2\.0")),
+    Case("option", "--eye-motion nan", "`--eye-motion nan is not an amount from 0 (off) to 2.0 (1: natural)`",
+         command(["--eye-motion", "nan"], r"--eye-motion nan is not an amount")),
+    Case("option", "--seed -1", "`--seed -1 is negative: give a whole number from 0 up`",
+         command(["--seed", "-1"], r"--seed -1 is negative: give a whole number from 0 up")),
     Case("option", "--person 99", "`person '99' is not a whole number from 0 to 23`",
          command(["--person", "99"], r"person '99' is not a whole number from 0 to 23")),
     Case("option", "--level 3", "`emotion level '3' is not low, high or a number between 0 and 1`",
@@ -322,10 +350,28 @@ CASES = [
          lambda env: refused(env, ["--stdin", "--stdin-rate", "0", "--record", "f.npy"], r"PCM rate 0 Hz is outside")),
     Case("option", "--stdin-channels 0", "`0 PCM channels: give 1 to 64`",
          lambda env: refused(env, ["--stdin", "--stdin-channels", "0", "--record", "f.npy"], r"0 PCM channels")),
+    Case("option", "--stdin-rate with --wav",
+         "`--stdin-rate only describes the raw PCM of --stdin; --wav uses the file's own format, rate and channels: "
+         "leave it out`",
+         command(["--stdin-rate", "48000"], r"--stdin-rate only describes the raw PCM of --stdin; --wav uses the "
+                                            r"file's own format, rate and channels: leave it out")),
+    Case("option", "--stdin-format and --stdin-channels with --mic",
+         "`--stdin-format, --stdin-channels only describe the raw PCM of --stdin; --mic uses the microphone's own "
+         "...: leave them out`",
+         lambda env: refused(env, ["--mic", "default", "--stdin-format", "f32le", "--stdin-channels", "2",
+                                   "--record", "f.npy"],
+                             r"--stdin-format, --stdin-channels only describe the raw PCM of --stdin; --mic uses the "
+                             r"microphone's own format, rate and channels: leave them out")),
+    Case("option", "--stdin at a terminal", "`--stdin reads raw PCM from a pipe, but standard input is a terminal: "
+         "pipe audio into it, e.g. ffmpeg ... | emotalk-stream --stdin ..., or use --mic default or --wav FILE`",
+         stdin_at_a_terminal),
     Case("option", "--osc host:0", "`--osc 'host:0': the port must be a number from 1 to 65535`",
          command(["--osc", "host:0"], r"--osc 'host:0': the port must be a number from 1 to 65535")),
     Case("option", "--record out.mp3", "`cannot record to out.mp3: the file must end in .csv ... or .npy`",
          command(["--record", "TMP/out.mp3"], r"cannot record to .*out\.mp3: the file must end in \.csv")),
+    Case("option", "--record into a folder that does not exist",
+         "`cannot record to D/take.csv: the folder D does not exist; create it first or record somewhere else`",
+         record_into_a_missing_folder),
     Case("option", "--threads 0", "`0 engine threads: give 1 or more`", command(["--threads", "0"], r"0 engine threads")),
     Case("option", "--engine on a folder that is not an artifact", "`--engine D is not an engine artifact (no manifest.json)`",
          folder_flag("--engine", not_a_checkpoint, r"is not an engine artifact \(no manifest\.json\)")),
@@ -353,6 +399,8 @@ CASES = [
          osc_refused(osc("/emotalk/person", True), r"person True has the wrong type \(bool\)")),
     Case("osc", "NaN smoothing", "refused: `smoothing nan is not a number of seconds from 0 to 1.0`",
          osc_refused(osc("/emotalk/smoothing", float("nan")), r"smoothing nan is not a number of seconds")),
+    Case("osc", "head motion 5", "refused: `head_motion 5.0 is not an amount from 0 (off) to 2.0 (1: natural)`",
+         osc_refused(osc("/emotalk/head_motion", 5.0), r"head_motion 5\.0 is not an amount from 0 \(off\) to 2\.0")),
     Case("osc", "unknown type tag", "refused: `/emotalk/level takes 1 argument(s), got 0` (python-osc skips the tag)",
          osc_refused(b"/emotalk/level\0\0,z\0\0\0\0\0\0", r"takes 1 argument\(s\), got 0")),
     Case("osc", "64 KB datagram", "refused: `8192 bytes that are not an OSC message` (read up to 8 KiB)",
@@ -374,6 +422,8 @@ CASES = [
          ws_refused('{"emotion": "' + "\u00e9" * 2560 + '"}', r"\d+ bytes; the limit is 4096")),
     Case("websocket", "NaN smoothing", '`{"error": "smoothing nan is not a number of seconds from 0 to 1.0"}`',
          ws_refused('{"smoothing": NaN}', r"smoothing nan is not a number of seconds")),
+    Case("websocket", "eye motion as text", '`{"error": "eye_motion \'off\' has the wrong type (str)"}`',
+         ws_refused('{"eye_motion": "off"}', r"eye_motion 'off' has the wrong type \(str\)")),
     Case("websocket", "a list for the gain", '`{"error": "gain [...] is not a region->factor map, ..."}`',
          ws_refused('{"gain": ["mouth", 1.3]}', r"is not a region->factor map")),
     Case("websocket", "one bad change of two", '`{"error": "person 99 ..."}`: neither change applies',

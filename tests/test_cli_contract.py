@@ -1,17 +1,25 @@
-"""What every command promises: `--version`, and the user's mistakes named before any model loads."""
+"""What every command promises: `--version`, help for every option, one vocabulary (look-ahead in
+milliseconds, the engine's backend names and default), and the user's mistakes named before any
+model loads."""
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from emotalk_stream.engine import Engine
+from emotalk_stream.engine.backends import BACKENDS
 from emotalk_stream.streamer.cli import main as stream_main
+from emotalk_stream.tools.bench import build_parser as bench_parser, load_engine as bench_engine
+from emotalk_stream.training.config import OFFICIAL_EMOTIONS, RAVDESS_EMOTIONS
 from emotalk_stream.training.errors import package_version
+from emotalk_stream.training.evaluate import main as eval_main
 from emotalk_stream.training.infer import main as infer_main
-from emotalk_stream.training.model_files import SAMPLE_SPEECH
+from emotalk_stream.training.model_files import DEFAULT_MODEL, SAMPLE_SPEECH
 
 COMMANDS = sorted(ep.name for ep in importlib.metadata.distribution("emotalk-stream").entry_points
                   if ep.group == "console_scripts")
@@ -28,6 +36,58 @@ def test_every_command_has_version(name: str, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(sys, "argv", [name, "--version"])
     assert entry.load()() == 0
     assert capsys.readouterr().out == f"{name} {package_version()}\n"
+
+
+def command_parser(name: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The parser console script `name` builds, caught as it starts to parse (nothing runs)."""
+    caught: list[argparse.ArgumentParser] = []
+
+    def catch(parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> argparse.Namespace:
+        caught.append(parser)
+        raise SystemExit(0)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    monkeypatch.setattr(sys, "argv", [name])
+    [entry] = [ep for ep in importlib.metadata.distribution("emotalk-stream").entry_points if ep.name == name]
+    try:
+        entry.load()()
+    except SystemExit:
+        pass
+    assert caught, f"{name} parsed no arguments"
+    return caught[-1]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_of_every_command_is_documented_and_speaks_one_vocabulary(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    options = [a for a in command_parser(name, monkeypatch)._actions if a.option_strings]
+    assert not [a.option_strings for a in options if not a.help], f"{name} --help leaves these unexplained"
+    flags = {flag for a in options for flag in a.option_strings}
+    assert not {flag for flag in flags if "lookahead" in flag} - {"--lookahead-ms"}, "look-ahead is in milliseconds"
+    backend = next((a for a in options if "--backend" in a.option_strings), None)
+    if backend is not None:
+        assert set(backend.choices) <= set(BACKENDS), f"{name} --backend {backend.choices}; the engine's: {BACKENDS}"
+
+
+def test_the_streamers_help_lists_the_emotions_and_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert stream_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    emotions, examples = text.split("emotions for --emotion")[1].split("examples:")
+    assert all(label in emotions for label in (*RAVDESS_EMOTIONS, *OFFICIAL_EMOTIONS))
+    commands = [line.strip() for line in examples.strip().splitlines()]
+    assert len(commands) >= 5 and all("emotalk-stream --" in line for line in commands)
+    assert any("--stdin" in line and line.startswith("ffmpeg") for line in commands)
+
+
+def test_the_benchmark_picks_the_backend_every_command_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint folder on torch, as `Engine.load` (the streamer, the server, offline inference)."""
+    picked: list[str] = []
+
+    def record(_cls: type, _source: object, backend: str, *_args: object, **_kwargs: object) -> None:
+        picked.append(backend)
+    monkeypatch.setattr(Engine, "from_checkpoint", classmethod(record))
+    bench_engine(bench_parser().parse_args(["--model", str(DEFAULT_MODEL), "--no-gap"]))
+    Engine.load(DEFAULT_MODEL)
+    assert picked == ["torch", "torch"]
 
 
 @pytest.fixture
@@ -60,3 +120,24 @@ def test_offline_inference_names_a_missing_file_before_the_model_loads(no_model:
     assert infer_main([str(tmp_path / "missing.wav"), "--out", str(tmp_path / "face.npy")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0]
+
+
+@pytest.mark.parametrize("main", [infer_main, eval_main], ids=["emotalk-infer", "emotalk-eval"])
+def test_look_ahead_is_milliseconds_on_the_20_ms_grid_checked_before_the_model_loads(
+        no_model: None, main: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = {infer_main: [str(SAMPLE_SPEECH), "--out", str(tmp_path / "face.npy")],
+            eval_main: ["--data", str(tmp_path)]}[main]
+    assert main([*args, "--lookahead-ms", "30"]) == 2
+    # The old spelling, in frames, abbreviates --lookahead-ms now: frame counts are off the grid.
+    assert main([*args, "--lookahead", "2"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "--lookahead-ms 30 ms must be a multiple of 20 ms" in lines[0], lines
+    assert "--lookahead-ms 2 ms must be a multiple of 20 ms" in lines[1], lines
+
+
+def test_offline_inference_at_40_ms_is_the_bundled_engine_at_its_own_look_ahead(tmp_path: Path) -> None:
+    """40 is milliseconds: the bundled engine's own look-ahead, so ONNX Runtime runs it (40 frames
+    would be 800 ms, a checkpoint on PyTorch) and the frames are those of the default."""
+    assert infer_main([str(SAMPLE_SPEECH), "--out", str(tmp_path / "default.npy")]) == 0
+    assert infer_main([str(SAMPLE_SPEECH), "--out", str(tmp_path / "40.npy"), "--lookahead-ms", "40"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "40.npy"), np.load(tmp_path / "default.npy"))

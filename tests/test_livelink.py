@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from emotalk_stream.streamer.frames import OutFrame, neutral_frame
+from emotalk_stream.streamer.head_motion import REST, Motion, Rotation
 from emotalk_stream.streamer.livelink import LiveLinkSink, encode_packet
 from emotalk_stream.training.blendshapes import INDEX, LIVELINK_UDP_ORDER, ROTATIONS, camel
 from emotalk_stream.training.errors import UserError
@@ -59,6 +60,28 @@ def test_values_sit_at_their_unreal_indices_by_name() -> None:
     for j, name in enumerate(LIVELINK_UDP_ORDER[:52]):
         assert values[j] == w[INDEX[camel(name)]], name
     assert LIVELINK_UDP_ORDER[52:] == ROTATIONS and not values[52:].any()
+
+
+def test_head_and_eye_angles_go_after_the_shapes_in_degrees_over_180(receiver: socket.socket) -> None:
+    motion = Motion(head=Rotation(pitch=2.7, yaw=-4.5, roll=1.8), eyes=Rotation(pitch=-3.6, yaw=5.4))
+    sink = LiveLinkSink("127.0.0.1", receiver.getsockname()[1])
+    sink.open()
+    try:
+        sink.submit(OutFrame(0, 0.0, 30, weights(3), motion=motion))
+        sink.submit(OutFrame(1, 1 / 30, 30, weights(4), motion=Motion(head=None, eyes=motion.eyes)))  # head off
+        sink.submit(OutFrame(2, 2 / 30, 30, weights(5)))  # no motion at all (emotalk-serve's frames)
+        got = [decode(receiver.recv(2048))["values"] for _ in range(3)]
+    finally:
+        sink.close(neutral_frame(3, 30, Motion(REST, REST)))
+    last = decode(receiver.recv(2048))["values"]
+    by_name = [dict(zip(LIVELINK_UDP_ORDER, values.tolist())) for values in got]
+    expected = {"HeadYaw": -4.5, "HeadPitch": 2.7, "HeadRoll": 1.8, "LeftEyeYaw": 5.4, "LeftEyePitch": -3.6,
+                "LeftEyeRoll": 0.0, "RightEyeYaw": 5.4, "RightEyePitch": -3.6, "RightEyeRoll": 0.0}
+    for name, degrees in expected.items():
+        assert by_name[0][name] == pytest.approx(degrees / 180, abs=1e-7), name
+        assert by_name[1][name] == (0.0 if name.startswith("Head") else pytest.approx(degrees / 180, abs=1e-7))
+    assert not got[2][52:].any() and not last.any()
+    assert by_name[0]["JawOpen"] == weights(3)[INDEX["jawOpen"]]  # the shapes where they were
 
 
 def test_subject_must_be_short_and_not_empty() -> None:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from emotalk_stream.streamer.frames import OutFrame, neutral_frame
+from emotalk_stream.streamer.head_motion import REST, Motion, Rotation
 from emotalk_stream.streamer.recorder import Recorder
+from emotalk_stream.training.blendshapes import ROTATIONS
 from emotalk_stream.training.errors import UserError
 from emotalk_stream.training.livelink_csv import csv_header, read_csv
 from waiting import wait_for
@@ -32,7 +34,7 @@ def record(path: Path, w: np.ndarray, first_release: float = 0.0) -> Recorder:
 
 def test_csv_reads_back_as_the_frames_without_the_final_one(tmp_path: Path) -> None:
     w = weights(47)
-    path = tmp_path / "takes" / "take.csv"  # the folder is created
+    path = tmp_path / "take.csv"
     recorder = record(path, w)
     lines = path.read_text().splitlines(keepends=True)
     assert lines[0] == csv_header() and len(lines) == 1 + 47
@@ -41,6 +43,27 @@ def test_csv_reads_back_as_the_frames_without_the_final_one(tmp_path: Path) -> N
     assert back.shape == (47, 52)
     np.testing.assert_allclose(back, w, atol=1e-7)
     assert recorder.recorded == 47 and recorder.errors == 0
+
+
+def test_csv_rotation_columns_hold_the_head_and_eyes_as_live_link_does(tmp_path: Path) -> None:
+    motions = [Motion(Rotation(pitch=2.7, yaw=-4.5, roll=1.8), Rotation(pitch=-3.6, yaw=5.4)),
+               Motion(None, Rotation(pitch=0.9, yaw=0.0)), None]
+    recorder = Recorder(tmp_path / "take.csv")
+    recorder.open()
+    for i, motion in enumerate(motions):
+        recorder.submit(OutFrame(i, i / FPS, FPS, weights(3)[i], motion=motion))
+    recorder.close(neutral_frame(3, FPS, Motion(REST, REST)))
+    lines = (tmp_path / "take.csv").read_text().splitlines()
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+    assert len(rows) == 3 and header[-9:] == list(ROTATIONS)
+    cells = [{name: float(row[header.index(name)]) for name in ROTATIONS} for row in rows]
+    assert cells[0] == pytest.approx({"HeadYaw": -4.5 / 180, "HeadPitch": 2.7 / 180, "HeadRoll": 1.8 / 180,
+                                      "LeftEyeYaw": 5.4 / 180, "LeftEyePitch": -3.6 / 180, "LeftEyeRoll": 0.0,
+                                      "RightEyeYaw": 5.4 / 180, "RightEyePitch": -3.6 / 180, "RightEyeRoll": 0.0},
+                                     abs=1e-10)
+    assert cells[1]["HeadPitch"] == 0.0 and cells[1]["LeftEyePitch"] == pytest.approx(0.9 / 180, abs=1e-10)
+    assert not any(cells[2].values())
+    np.testing.assert_allclose(read_csv(tmp_path / "take.csv"), weights(3), atol=1e-7)  # the shapes unchanged
 
 
 def test_csv_rows_are_on_disk_as_they_come(tmp_path: Path) -> None:
@@ -83,6 +106,12 @@ def test_a_backlog_is_written_in_full_never_dropped(tmp_path: Path) -> None:
 def test_unknown_extension_names_the_two_choices(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"take\.wav.*\.csv.*\.npy"):
         Recorder(tmp_path / "take.wav")
+
+
+def test_a_folder_that_does_not_exist_is_refused_not_created(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"cannot record to .*take\.csv: the folder .*takes does not exist"):
+        Recorder(tmp_path / "takes" / "take.csv")
+    assert not (tmp_path / "takes").exists()
 
 
 def test_unwritable_path_is_a_user_error(tmp_path: Path) -> None:

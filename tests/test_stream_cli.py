@@ -1,12 +1,16 @@
 """`emotalk-stream` end to end, as users run it, against real receivers on loopback."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -120,7 +124,7 @@ def test_vmc_bundles_reach_debians_oscdump() -> None:
     names = {re.search(r'"(\w+)"', line).group(1) for line in values}
     assert {"JawOpen", "EyeBlinkLeft", "TongueOut", "A", "Blink_L", "Joy", "Fun"} <= names
     jaw = [float(line.split()[-1]) for line in values if '"JawOpen"' in line]
-    assert max(jaw) > 0.3 and jaw[-1] == 0.0  # the voice opens the mouth; the stop closes it
+    assert max(jaw) > 0.2 and jaw[-1] == 0.0  # the voice opens the mouth (peak 0.30 past the rest face); the stop closes it
 
 
 def test_livelink_packets_decode_with_frame_numbers_at_the_output_rate() -> None:
@@ -139,7 +143,7 @@ def test_livelink_packets_decode_with_frame_numbers_at_the_output_rate() -> None
     assert [p["frame"] for p in packets] == list(range(count + 1))
     assert {(p["version"], p["subject"], p["rate"], p["count"]) for p in packets} == {(6, "Anna", (60, 1), 61)}
     jaw = np.array([p["values"][LIVELINK_UDP_ORDER.index("JawOpen")] for p in packets])
-    assert jaw.max() > 0.3 and jaw[-1] == 0.0
+    assert jaw.max() > 0.2 and jaw[-1] == 0.0
 
 
 def test_stdin_pcm_at_48k_is_resampled_and_recorded(tmp_path: Path) -> None:
@@ -153,7 +157,7 @@ def test_stdin_pcm_at_48k_is_resampled_and_recorded(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     recorded = np.load(out)
     assert recorded.shape == (int(np.floor(len(pcm48) / 48000 * 30 + 0.5)), 52)
-    assert recorded[:, INDEX["jawOpen"]].max() > 0.3
+    assert recorded[:, INDEX["jawOpen"]].max() > 0.2
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -223,7 +227,7 @@ def test_osc_controls_change_the_face_mid_stream_and_bad_ones_are_refused(receiv
     assert "refused" in err and "level" in err
     weights = check_frames(receiver.frames, expected_frames(SAMPLE, 30), 30)
     lips = [i for region in ("jaw", "mouth") for i in REGIONS[region]]
-    assert weights[:30, INDEX["jawOpen"]].max() > 0.15  # clearly open before (shut is below 0.05) ...
+    assert weights[:30, INDEX["jawOpen"]].max() > 0.1  # clearly open before (shut is below 0.05) ...
     assert not weights[changed_at:, lips].any()  # ... and shut by the gains
 
 
@@ -267,12 +271,11 @@ def test_microphone_through_a_pulseaudio_virtual_mic(receiver: ArkitReceiver, tm
     frames = sorted(receiver.frames, key=lambda f: f[0])
     assert [f[0] for f in frames] == list(range(len(frames)))
     jaw = np.array([w[INDEX["jawOpen"]] for _, _, w in frames])
-    assert jaw[quiet:].max() > 0.3  # the voice opens the mouth
+    assert jaw[quiet:].max() > 0.2  # the voice opens the mouth
     recorded = np.load(tmp_path / "mic.npy")
     assert len(recorded) == len(frames) - 1  # every frame but the neutral one
     status = [line for line in err.splitlines() if "fps |" in line]
-    assert status and re.search(r"latency p50 \d+ ms p95 \d+ ms \| input +-?\d+\.\d dBFS \| drops 0 \| overruns \d+",
-                                err), err
+    assert status and re.search(r"\d+ fps \| latency \d+/\d+ ms \| -?\d+ dBFS \| emotion calm", err), err
     assert re.search(r"stopped: \d+ frames", err)
 
 
@@ -325,7 +328,7 @@ def test_a_lost_microphone_rests_the_face_and_streams_again_when_it_returns(rece
             resting = len(receiver.frames)
             mic.load_source()
             mic.play(SAMPLE).wait(timeout=30)
-            wait_for(lambda: max((w[INDEX["jawOpen"]] for _, _, w in receiver.frames[resting:]), default=0) > 0.3,
+            wait_for(lambda: max((w[INDEX["jawOpen"]] for _, _, w in receiver.frames[resting:]), default=0) > 0.2,
                      timeout=15, what="the voice after the microphone returned")
             process.send_signal(signal.SIGINT)
             err = finish(process, timeout=10)
@@ -363,6 +366,8 @@ def test_a_receiver_that_is_down_is_reported_once_and_the_others_get_every_frame
     check_frames(receiver.frames, count, 30)
     for name in (f"osc 127.0.0.1:{down}", f"livelink 127.0.0.1:{down}"):
         assert err.count(f"warning: {name}: send failed") == 1, err
+    # The summary names each failing receiver and its count.
+    assert re.search(rf"send errors \d+ to osc 127\.0\.0\.1:{down}, \d+ to livelink 127\.0\.0\.1:{down}$", err.strip()), err
 
 
 def test_a_second_ctrl_c_exits_at_once_and_every_port_is_free_after_a_stop(receiver: ArkitReceiver) -> None:
@@ -394,3 +399,156 @@ def test_a_second_ctrl_c_exits_at_once_and_every_port_is_free_after_a_stop(recei
     finally:
         process.kill()
     assert process.returncode == 130 and time.monotonic() - signalled < 1.0
+
+
+def test_stdin_that_is_a_terminal_is_refused_in_one_line(tmp_path: Path) -> None:
+    controller, terminal = os.openpty()
+    os.write(controller, b"\x04")  # Ctrl-D: were the terminal read, its input would end (a failure, not a hang)
+    try:
+        done = subprocess.run([*CLI, "--stdin", "--record", str(tmp_path / "face.npy")], stdin=terminal,
+                              capture_output=True, timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert re.match(r"emotalk-stream: error: --stdin reads raw PCM from a pipe, but standard input is a terminal: "
+                    r"pipe audio into it, e\.g\. ffmpeg .* \| emotalk-stream --stdin", lines[0]), lines
+    assert not (tmp_path / "face.npy").exists()
+
+
+class StderrLines:
+    """A child's stderr, read all the time on a thread (a full pipe would stall it)."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(iter(process.stderr.readline, "")), daemon=True)
+        self._thread.start()
+
+    def text(self) -> str:
+        self._thread.join(timeout=10)
+        return "".join(self.lines)
+
+
+def test_ctrl_c_while_stdin_waits_on_an_idle_pipe_stops_cleanly(tmp_path: Path) -> None:
+    """The writer sent a second of audio and keeps the pipe open, silent: the reader thread waits in
+    a read when Ctrl-C comes, which used to abort the interpreter (`Fatal Python error:
+    _enter_buffered_busy`, exit code 134)."""
+    out = tmp_path / "face.npy"
+    process = subprocess.Popen([*CLI, "--stdin", "--record", str(out)], stdin=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    err = StderrLines(process)
+    try:
+        process.stdin.buffer.write((read_audio(SAMPLE)[:RATE] * 32767).astype("<i2").tobytes())
+        process.stdin.flush()
+        wait_for(lambda: any("(Ctrl-C stops)" in line for line in err.lines), timeout=60, what="the stream")
+        time.sleep(1.0)  # the second is streamed: the pipe is idle now
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+        process.stdin.close()
+    text = err.text()
+    assert process.returncode == 0, text
+    assert "Fatal Python error" not in text and "Traceback" not in text, text
+    assert re.search(r"stopped: \d+ frames for 1\.00 s of audio", text), text
+    assert np.load(out).shape[1] == 52
+
+
+def test_a_file_piped_in_faster_than_real_time_gets_no_latency_figure_and_the_reason(tmp_path: Path) -> None:
+    """Its audio waits in the input queue behind the audio before it, so sound-to-packet time is a
+    backlog growing with the file (it read 5000 ms, the histogram's ceiling), not a latency."""
+    audio = np.tile(read_audio(SAMPLE), 2)
+    done = run("--stdin", "--record", str(tmp_path / "face.npy"),
+               data=(np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert re.search(r"end of input: \d+ frames for 10\.01 s of audio, latency not measured \(the input came "
+                     r"faster than real time and waited in a queue\), 0 dropped", err), err
+    assert "latency p50" not in err
+
+
+class Terminal:
+    """A pseudo-terminal COLUMNS wide for a child's stdout and stderr; keeps everything written to it."""
+
+    def __init__(self, columns: int) -> None:
+        self.controller, self.terminal = os.openpty()
+        fcntl.ioctl(self.terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        self.raw = bytearray()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.controller, 4096)
+            except OSError:  # EIO: every writer closed its end
+                return
+            if not data:
+                return
+            self.raw += data
+
+    def text(self) -> str:
+        return self.raw.decode(errors="replace")
+
+    def close(self) -> str:
+        """What was written; the child must have exited."""
+        os.close(self.terminal)
+        self._thread.join(timeout=10)
+        os.close(self.controller)
+        return self.text()
+
+
+def screen(text: str) -> list[str]:
+    """The lines a terminal shows for `text`: a carriage return goes back to the line's start and
+    ESC [ K erases to its end (all the console writes)."""
+    lines = []
+    for raw in text.replace("\r\n", "\n").split("\n"):
+        line, column = "", 0
+        for part in re.split(r"(\r|\x1b\[K)", raw):
+            if part == "\r":
+                column = 0
+            elif part == "\x1b[K":
+                line = line[:column]
+            else:
+                line = line[:column] + part + line[column + len(part):]
+                column += len(part)
+        lines.append(line)
+    return lines
+
+
+def test_the_status_line_fits_80_columns_shows_clients_and_the_emotion_and_is_gone_after_ctrl_c() -> None:
+    port = free_port(socket.SOCK_STREAM)
+    terminal = Terminal(80)
+    process = subprocess.Popen([*CLI, "--wav", str(SAMPLE), "--ws", str(port), "--wait-for-client", "--emotion", "auto"],
+                               stdin=subprocess.DEVNULL, stdout=terminal.terminal, stderr=terminal.terminal)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "the server never came up"
+                time.sleep(0.1)
+        with client:
+            threading.Thread(target=lambda: [None for _ in client], daemon=True).start()  # reads every frame
+            # The detected emotion, then the one a control sets.
+            wait_for(lambda: re.search(r"emotion \w+ \(voice\) \| 1 client", terminal.text()), timeout=10,
+                     what="a status line with the voice's emotion and one client")
+            client.send(json.dumps({"emotion": "sad:0.8"}))
+            wait_for(lambda: "emotion sad:0.8 | 1 client" in terminal.text(), timeout=5, what="the emotion set")
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=10)
+    finally:
+        process.kill()
+        text = terminal.close()
+    assert process.returncode == 0, text
+    drawn = [part for part in re.split(r"\r\x1b\[K|\r?\n", text) if " fps | " in part]
+    assert len(drawn) >= 2 and all(len(status) < 80 for status in drawn), drawn
+    assert any(re.fullmatch(r"\d+ fps \| latency \d+/\d+ ms \| -?\d+ dBFS \| emotion sad:0\.8 \| 1 client", status)
+               for status in drawn), drawn
+    shown = screen(text)
+    # The status line is erased at the stop: the summary is the last line, no stale status after it.
+    assert not any(" fps | " in line for line in shown), shown
+    assert re.match(r"emotalk-stream: stopped: \d+ frames", [line for line in shown if line][-1]), shown

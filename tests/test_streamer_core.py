@@ -1,6 +1,9 @@
-"""The streamer's pure parts: the frame clock, face post-processing, live controls, addresses."""
+"""The streamer's pure parts: the frame clock, face post-processing, live controls, addresses, the
+status line."""
 from __future__ import annotations
 
+import io
+import logging
 import math
 
 import numpy as np
@@ -10,8 +13,10 @@ from hypothesis import given, settings, strategies as st
 from emotalk_stream.engine import Controls, Engine, Frame
 from emotalk_stream.streamer.address import parse_address
 from emotalk_stream.streamer.clock import FrameClock
+from emotalk_stream.streamer.console import Console, fit
 from emotalk_stream.streamer.controls import ControlBoard
 from emotalk_stream.streamer.face import BLINK_CHANNELS, Blinker, FacePost, FaceSettings
+from emotalk_stream.streamer.stats import status_parts
 from emotalk_stream.training.blendshapes import COUNT, INDEX
 from emotalk_stream.training.errors import UserError
 from emotalk_stream.training.framing import frame_count
@@ -153,3 +158,52 @@ def test_addresses(text: str, expected: tuple[str, int]) -> None:
 def test_bad_addresses_name_the_option_and_an_example(text: str) -> None:
     with pytest.raises(UserError, match=r"--osc .*127\.0\.0\.1:9000"):
         parse_address(text, "--osc")
+
+
+def test_the_widest_healthy_status_line_shows_every_part_in_80_columns() -> None:
+    """60 fps, a three-digit latency, digital silence, the longest emotion label, a few clients."""
+    parts = status_parts(60.0, (120.0, 250.0), None, -100.0, "surprised (voice)", 3, 0, 0, {})
+    line = fit(parts, 79)
+    assert line == "60 fps | latency 120/250 ms | -100 dBFS | emotion surprised (voice) | 3 clients"
+    assert len(line) <= 79
+
+
+def test_on_a_narrow_terminal_the_rate_latency_and_failures_stay() -> None:
+    """Everything at its widest and failing at once: the least needed parts give way, the failing
+    receiver is still named (shortened), and nothing wraps."""
+    errors = {"livelink my-unreal-workstation.local:11111": 120, "record /home/someone/takes/2026/take-07.csv": 3}
+    parts = status_parts(60.0, (1200.0, 2500.0), None, -100.0, "surprised (voice)", 12, 99999, 9999, errors)
+    line = fit(parts, 79)
+    assert line == "60 fps | latency 1200/2500 ms | send errors 123 (livelink ....local:11111 +1)"
+    assert fit(parts, 200).endswith("| drops 99999 | overruns 9999 | send errors 123 (livelink ....local:11111 +1)")
+
+
+def test_input_faster_than_real_time_shows_its_speed_instead_of_a_latency() -> None:
+    parts = status_parts(354.0, (2781.0, 2803.0), 11.8, -20.0, "calm", None, 0, 0, {})
+    assert fit(parts, 79) == "354 fps | 11.8x real time | -20 dBFS | emotion calm"
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_status_line_is_erased_at_the_end_and_no_later_line_redraws_it() -> None:
+    out = FakeTerminal()
+    console = Console(out)
+    log = logging.getLogger("test_streamer_core.console")
+    log.addHandler(console)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        console.status([("30 fps", 0), ("latency 84/95 ms", 1)])
+        log.warning("a receiver failed")  # the status line makes way and comes back under it
+        console.end_status()
+        log.info("record take.npy: 150 frames recorded")
+        log.info("stopped: 150 frames")
+    finally:
+        log.removeHandler(console)
+    assert out.getvalue() == ("30 fps | latency 84/95 ms"
+                              "\r\x1b[Kemotalk-stream: warning: a receiver failed\n30 fps | latency 84/95 ms"
+                              "\r\x1b[K"
+                              "emotalk-stream: record take.npy: 150 frames recorded\nemotalk-stream: stopped: 150 frames\n")

@@ -18,6 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 from emotalk_stream.streamer import websocket_sink
 from emotalk_stream.streamer.controls import ControlBoard
 from emotalk_stream.streamer.frames import OutFrame, neutral_frame
+from emotalk_stream.streamer.head_motion import REST, Motion, Rotation
 from emotalk_stream.streamer.websocket_sink import WebSocketSink
 from emotalk_stream.training.blendshapes import COUNT, NAMES
 from emotalk_stream.training.errors import UserError
@@ -75,6 +76,27 @@ def test_a_client_gets_every_frame_in_order_then_the_final_one(sink: WebSocketSi
         assert message["emotion"] == frame.emotion and message["final"] is False
     assert received[-1]["final"] is True and set(received[-1]["weights"].values()) == {0.0}
     assert sink.sent == len(sent) + 1 and sink.drops == 0
+
+
+def test_frames_with_head_and_eye_motion_carry_their_angles_in_degrees(sink: WebSocketSink) -> None:
+    motion = Motion(head=Rotation(pitch=2.71828, yaw=-4.5, roll=1.25), eyes=Rotation(pitch=-3.5, yaw=5.25))
+    sent = [OutFrame(0, 0.0, 30, pose(jawOpen=0.5), motion=motion),
+            OutFrame(1, 1 / 30, 30, pose(jawOpen=0.5), motion=Motion(head=None, eyes=motion.eyes)),
+            OutFrame(2, 2 / 30, 30, pose(jawOpen=0.5))]
+    with client(sink) as ws:
+        connected(sink, 1)
+        received = []
+        for frame in sent:
+            sink.submit(frame)
+            received.append(json.loads(ws.recv(timeout=5)))
+        sink.close(neutral_frame(3, 30, Motion(REST, REST)))
+        received.append(json.loads(ws.recv(timeout=5)))
+    assert received[0]["head"] == {"pitch": 2.718, "yaw": -4.5, "roll": 1.25}
+    assert received[0]["eyes"] == received[1]["eyes"] == {"pitch": -3.5, "yaw": 5.25}
+    assert received[1]["head"] == {"pitch": 0.0, "yaw": 0.0, "roll": 0.0}, "head motion off: at rest"
+    assert "head" not in received[2] and "eyes" not in received[2], "no motion computed: no fields"
+    assert received[3]["final"] and received[3]["head"] == {"pitch": 0.0, "yaw": 0.0, "roll": 0.0}
+    assert received[3]["eyes"] == {"pitch": 0.0, "yaw": 0.0}
 
 
 def test_a_stalled_client_loses_old_frames_without_slowing_the_others(sink: WebSocketSink) -> None:
@@ -228,9 +250,10 @@ def test_the_viewer_page_is_served_self_contained(sink: WebSocketSink) -> None:
         assert (status, content_type) == (200, "text/html; charset=utf-8")
         assert body == VIEWER.read_bytes()
     page = body.decode()
-    # the icon inline, then the face and the look it shares with emotalk-serve's page, from this server
-    assert re.findall(r'(?:src|href)="([^"]*)"', page) == ["data:,", "viewer.css", "face.js"]
-    for name, kind in (("face.js", "text/javascript"), ("viewer.css", "text/css")):
+    # the icon inline, then the face and the look it shares with emotalk-serve's page, and its script,
+    # from this server (the avatar's modules: tests/test_viewer_avatar.py)
+    assert re.findall(r'(?:src|href)="([^"]*)"', page) == ["data:,", "viewer.css", "face.js", "viewer.js"]
+    for name, kind in (("face.js", "text/javascript"), ("viewer.css", "text/css"), ("viewer.js", "text/javascript")):
         assert get(sink.port, f"/{name}") == (200, f"{kind}; charset=utf-8", (VIEWER.parent / name).read_bytes())
         page += (VIEWER.parent / name).read_text()
     assert "@import" not in page and "url(" not in page
@@ -348,14 +371,15 @@ def test_the_viewer_draws_the_streamed_face_in_chromium(tab: Tab, board: Control
 
             assert tab.evaluate("document.querySelectorAll('.bar').length") == COUNT
             assert tab.evaluate("document.getElementById('connection').textContent") == "connected"
-            assert tab.evaluate("document.getElementById('emotion-now').textContent") == "happy"
+            # the emotion in effect: the model's calm default, not the voice's "happy" (tests/test_viewer_avatar.py)
+            assert tab.evaluate("document.getElementById('emotion-now').textContent") == "calm"
             assert tab.evaluate("window.emotalkViewer.last.weights.jawOpen") == 1
 
             # the control panel sends over the same socket and shows the reply
-            tab.evaluate("document.getElementById('emotion').value = 'sad:0.4';"
-                         "document.getElementById('emotion-send').click()")
+            tab.evaluate("(() => { const e = document.getElementById('emotion'); e.value = 'sad';"
+                         "e.dispatchEvent(new Event('change')); })()")
             tab.wait_until("document.getElementById('reply').textContent.endsWith('→ ok')")
-            assert board.current[0].emotion == "sad:0.4"
+            assert board.current[0].emotion == "sad:1.00"
 
             box = tab.evaluate("(({x, y, width, height}) => [x, y, width, height])"
                                "(document.getElementById('face').getBoundingClientRect())")

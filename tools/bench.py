@@ -22,7 +22,7 @@ import numpy as np
 
 from ..engine.artifact import read_manifest
 from ..engine.backends import BACKENDS
-from ..engine.engine import Controls, Engine
+from ..engine.engine import Controls, Engine, bundled_engine_has
 from ..engine.interface import ENCODER_FRAME_MS
 from ..training.audio import read_audio
 from ..training.checkpoint import load_model
@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'default' or a checkpoint folder: streamed directly, and the offline reference for the gap")
     parser.add_argument("--engine", type=Path, default=None, help="an exported engine artifact folder (emotalk-export)")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="torch, onnxruntime or tensorrt (default: onnxruntime for --model, the artifact's own for --engine)")
+                        help="torch, onnxruntime or tensorrt (default, as in every command: onnxruntime for the "
+                             "bundled model at its own hop and look-ahead and for --engine (or the artifact's own), "
+                             "torch for a checkpoint)")
     parser.add_argument("--hop-ms", type=int, default=20, help="with --model: audio per step (default: 20)")
     parser.add_argument("--lookahead-ms", type=int, default=None, help="with --model: look-ahead (default: the model's)")
     parser.add_argument("--streams", type=int, default=1, help="streams decoded together per step (default: 1)")
@@ -189,14 +191,16 @@ def load_engine(args: argparse.Namespace) -> tuple[Engine, str]:
             raise UserError(f"{args.engine} was exported from another checkpoint than --model {args.model}: "
                             f"pass the source checkpoint with --model, or use --no-gap")
         return engine, reference
-    backend = args.backend or "onnxruntime"
+    # The default of Engine.load, which every other command uses.
+    bundled = args.model == "default" and bundled_engine_has(args.hop_ms, args.lookahead_ms)
+    backend = args.backend or ("onnxruntime" if bundled else "torch")
     if backend == "torch":
         return Engine.from_checkpoint(args.model, backend, args.hop_ms, args.lookahead_ms, args.device,
                                       args.threads), reference
     # Export in a child process, so the exporter's memory does not count in this one's RSS.
     folder = Path(tempfile.mkdtemp(prefix="emotalk-bench-engine-"))
     command = [sys.executable, "-m", "emotalk_stream.engine.export", "--model", str(reference), "--out", str(folder),
-               "--backend", "tensorrt" if backend == "tensorrt" else "onnx", "--hop-ms", str(args.hop_ms)]
+               "--backend", "tensorrt" if backend == "tensorrt" else "onnxruntime", "--hop-ms", str(args.hop_ms)]
     if args.lookahead_ms is not None:
         command += ["--lookahead-ms", str(args.lookahead_ms)]
     try:

@@ -45,7 +45,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from ..engine import Controls, Engine
 from ..streamer.controls import MAX_JSON_BYTES, NAMES, OSC_PREFIX, ControlBoard
-from ..streamer.face import MAX_SMOOTHING_S, FaceSettings
+from ..streamer.face import MAX_MOTION, MAX_SMOOTHING_S, FaceSettings
 from ..streamer.osc_control import OscControlServer
 from ..streamer.sources import PCM_FORMATS, StdinSource
 from ..training.audio import SAMPLE_RATE, read_audio
@@ -144,6 +144,7 @@ def _check_board(board: ControlBoard) -> None:
     _engine().resolve_controls(controls)
     assert math.isfinite(face.smoothing) and 0.0 <= face.smoothing <= MAX_SMOOTHING_S, face
     assert isinstance(face.blink, bool), face
+    assert all(math.isfinite(a) and 0.0 <= a <= MAX_MOTION for a in (face.head_motion, face.eye_motion)), face
 
 
 def _control_values() -> st.SearchStrategy:

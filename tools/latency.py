@@ -135,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", type=Path, help="an exported engine artifact instead of --model")
     p.add_argument("--lookahead-ms", type=int, help="with --model: look-ahead (default: the model's)")
     p.add_argument("--onsets", type=int, default=20, help="words to time (default 20; about 1.6 s each)")
-    p.add_argument("--fps", type=int, choices=(30, 60), default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fps", type=int, choices=(30, 60), default=30, help="the streamer's output rate (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pauses between the words (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the engine (default 1)")
     add_debug_flag(p)
     return p
 

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=3600.0, help="seconds of speech (default 3600)")
     p.add_argument("--warmup", type=float, default=300.0,
                    help="audio seconds after which memory is the baseline (default 300)")
-    p.add_argument("--fps", type=int, choices=(30, 60), default=30)
+    p.add_argument("--fps", type=int, choices=(30, 60), default=30, help="the streamer's output rate (default 30)")
     p.add_argument("--engine", help="an exported engine artifact (default: the bundled model on torch)")
     add_debug_flag(p)
     return p

@@ -6,6 +6,8 @@ Every other order is derived here *by name*, never by position.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 # EmoTalk's output order (model_bsList in render.py, github.com/psyai-net/EmoTalk_release): the
@@ -110,16 +112,19 @@ _BY_LOWER = {n.lower(): n for n in NAMES}
 VMC_NAMES: tuple[str, ...] = tuple(pascal(n) for n in NAMES)
 
 
-def to_named_order(weights: np.ndarray, order: tuple[str, ...]) -> np.ndarray:
+def to_named_order(weights: np.ndarray, order: tuple[str, ...], rotations: Sequence[float] = ()) -> np.ndarray:
     """Reorder (..., 52) EmoTalk-order weights into `order` (PascalCase or camelCase names).
 
-    Names in `order` that are not blendshapes (head/eye rotations) get 0.
+    Names in `order` that are not blendshapes, the head/eye `ROTATIONS`, get `rotations` (9 values
+    in ROTATIONS order), or 0 without.
     """
     out = np.zeros(weights.shape[:-1] + (len(order),), dtype=weights.dtype)
     for j, name in enumerate(order):
         known = _BY_LOWER.get(name.lower())
         if known is not None:
             out[..., j] = weights[..., INDEX[known]]
+        elif rotations and name in ROTATIONS:
+            out[..., j] = rotations[ROTATIONS.index(name)]
     return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..engine.interface import frames_from_ms
 from .audio import read_audio
 from .calibration import expected_calibration_error, softmax
 from .checkpoint import load_model
@@ -195,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--templates", type=Path, default=None,
                         help="face rig .npz (neutral, blendshapes, lip_vertices, upper_vertices[, names, "
                              "unit_mm]) to also report LVE/EVE in mm")
-    parser.add_argument("--lookahead", type=int, default=None,
-                        help="encoder frames (20 ms) of future audio; default: the model's setting")
+    parser.add_argument("--lookahead-ms", type=int, default=None, metavar="MS",
+                        help="future audio the model waits for, a multiple of 20 ms (default: the model's own)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N clips of the split")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     add_debug_flag(parser)
@@ -206,8 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit} must be at least 1")
-    if args.lookahead is not None and args.lookahead < 0:
-        raise UserError(f"--lookahead {args.lookahead} must be 0 or more")
+    lookahead = None if args.lookahead_ms is None else frames_from_ms(args.lookahead_ms, "--lookahead-ms", 0)
     if args.voices:
         from .voices_eval import run as run_voices
         return run_voices(args)
@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace) -> None:
     chosen = by_split(clips, args.split)[:args.limit]
     train = [c for c in clips if c.split == "train"]
     model = load_model(args.model, args.device)
-    result = {**evaluate(model, chosen, train, templates, args.lookahead, progress=True),
+    result = {**evaluate(model, chosen, train, templates, lookahead, progress=True),
               "split": args.split, "model": str(args.model)}
     print(json.dumps(result) if args.json else format_table(result))
 

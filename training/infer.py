@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.interface import ENCODER_FRAME_MS
+from ..engine.interface import frames_from_ms
 from .audio import SAMPLE_RATE, read_audio
-from .control_values import DEFAULT_EMOTION_HELP, default_emotion, parse_emotion, parse_level, parse_person
+from .control_values import (
+    DEFAULT_EMOTION_HELP, default_emotion, default_level, parse_emotion, parse_level, parse_person,
+)
 from .errors import UserError, add_debug_flag, require_training, run_cli
 from .livelink_csv import write_csv
 
@@ -59,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emotion", default=None,
                         help=f"'auto' (from the voice) or LABEL[:STRENGTH], e.g. happy:0.7 "
                              f"(default: {DEFAULT_EMOTION_HELP})")
-    parser.add_argument("--level", default="high", help="emotion level: low, high or a number in [0, 1] (default: high)")
+    parser.add_argument("--level", default=None, help="emotion level: low, high or a number in [0, 1] (default: "
+                                                     "low for a calm or neutral face, high for another emotion or auto)")
     parser.add_argument("--person", default="0", help="speaking style, 0..23 (default: 0)")
-    parser.add_argument("--lookahead", type=int, default=None,
-                        help="encoder frames (20 ms) of future audio; default: the model's setting")
+    parser.add_argument("--lookahead-ms", type=int, default=None, metavar="MS",
+                        help="future audio the model waits for, a multiple of 20 ms (default: the model's own, 40 for "
+                             "the bundled model; another value needs the train extra)")
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), default=None,
                         help="onnxruntime: the streaming engine (the default for 'default' and engine folders; a "
                              "checkpoint is exported first); torch: the checkpoint's full-context PyTorch pass, the "
@@ -75,14 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     if args.out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"--out {args.out} must end in .npy or .csv")
-    if args.lookahead is not None and args.lookahead < 0:
-        raise UserError(f"--lookahead {args.lookahead} must be 0 or more")
+    lookahead = None if args.lookahead_ms is None else frames_from_ms(args.lookahead_ms, "--lookahead-ms", 0)
     on_engine = _runs_on_engine(args)
     if args.device != "cpu" and on_engine:
         raise UserError(f"--device {args.device} is for --backend torch; ONNX Runtime runs on the CPU here")
-    level = parse_level(args.level)
+    level = None if args.level is None else parse_level(args.level)  # None: the face's own (default_level)
     audio = read_audio(args.audio, SAMPLE_RATE)
-    take = (_run_engine if on_engine else _run_torch)(args, audio, level)
+    take = _run_engine(args, audio, level) if on_engine else _run_torch(args, audio, level, lookahead)
     write_weights(args.out, take.weights, take.fps)
     summary = f"{PROG}: {len(take.weights)} frames ({len(audio) / SAMPLE_RATE:.2f} s) -> {args.out}"
     if take.probabilities is not None:
@@ -101,18 +104,13 @@ def _runs_on_engine(args: argparse.Namespace) -> bool:
     from ..engine.engine import bundled_engine_has
     if args.backend is not None:
         return args.backend == "onnxruntime"
-    return is_artifact(args.model) or (args.model == "default" and bundled_engine_has(None, _lookahead_ms(args)))
+    return is_artifact(args.model) or (args.model == "default" and bundled_engine_has(None, args.lookahead_ms))
 
 
-def _lookahead_ms(args: argparse.Namespace) -> int | None:
-    """--lookahead counts 20 ms encoder frames; the engine takes milliseconds."""
-    return None if args.lookahead is None else args.lookahead * ENCODER_FRAME_MS
-
-
-def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float) -> Take:
+def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float | None) -> Take:
     """The streaming engine on the whole file: the same frames as offline inference, no PyTorch."""
     from ..engine import Controls, Engine
-    engine = Engine.load(args.model, "onnxruntime", lookahead_ms=_lookahead_ms(args))
+    engine = Engine.load(args.model, "onnxruntime", lookahead_ms=args.lookahead_ms)
     controls = Controls(level=level, person=args.person, emotion=args.emotion)
     engine.resolve_controls(controls)  # a bad emotion or person is refused before any work
     [(weights, probabilities)] = engine.process_with_emotion([audio], controls)
@@ -120,8 +118,8 @@ def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float) -> Ta
     return Take(weights, probabilities, labels, engine.cfg.fps, parse_emotion(engine.emotion_setting(controls), labels))
 
 
-def _run_torch(args: argparse.Namespace, audio: np.ndarray, level: float) -> Take:
-    """The checkpoint's full-context forward pass in PyTorch."""
+def _run_torch(args: argparse.Namespace, audio: np.ndarray, level: float | None, lookahead: int | None) -> Take:
+    """The checkpoint's full-context forward pass in PyTorch; `lookahead` in encoder frames (None: the model's)."""
     require_training(f"{PROG} on the checkpoint {args.model} (its full-context PyTorch pass)")
     from .checkpoint import load_model
     from .offline import infer, prototypes_present
@@ -130,7 +128,8 @@ def _run_torch(args: argparse.Namespace, audio: np.ndarray, level: float) -> Tak
     setting = args.emotion if args.emotion is not None else default_emotion(labels, prototypes_present(model))
     emotion, strength = parse_emotion(setting, labels)
     person = parse_person(args.person, model.cfg.n_persons)
-    weights, probabilities = infer(model, audio, level, person, emotion, strength, args.lookahead)
+    level = parse_level(default_level(setting)) if level is None else level
+    weights, probabilities = infer(model, audio, level, person, emotion, strength, lookahead)
     return Take(weights, probabilities, labels, model.cfg.fps, (emotion, strength))
 
 

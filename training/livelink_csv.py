@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,10 @@ def csv_header() -> str:
     return ",".join(["Timecode", "BlendShapeCount", *LIVELINK_CSV_ORDER]) + "\n"
 
 
-def csv_row(index: int, weights: np.ndarray, fps: int = FPS) -> str:
-    """The line for frame `index` from (52,) EmoTalk-order weights; shared by files and live recordings."""
-    columns = to_named_order(np.asarray(weights, dtype=np.float64), LIVELINK_CSV_ORDER)
+def csv_row(index: int, weights: np.ndarray, fps: int = FPS, rotations: Sequence[float] = ()) -> str:
+    """The line for frame `index` from (52,) EmoTalk-order weights and the 9 head and eye `rotations`
+    (`blendshapes.ROTATIONS` order, 0 without); shared by files and live recordings."""
+    columns = to_named_order(np.asarray(weights, dtype=np.float64), LIVELINK_CSV_ORDER, rotations)
     cells = [format_timecode(index, fps), str(len(LIVELINK_CSV_ORDER)), *(f"{v:.10f}" for v in columns)]
     return ",".join(cells) + "\n"
 

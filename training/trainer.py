@@ -384,11 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, nargs="+",
                    help="data folders (emotalk-corpus output or wav+npy pairs), trained on together")
     p.add_argument("--out", required=True, help="run folder for checkpoints and the log")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training pairs (default: 20)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (two clips each)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (the paper's 1e-4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the pairing and the augmentation of each epoch (default: 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA where there is a GPU, else the CPU (default: auto)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this model's weights and config (default, a checkpoint folder); "

@@ -61,7 +61,6 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.interface import ENCODER_FRAME_MS
 from .blendshapes import INDEX, NAMES
 from .control_values import parse_emotion
 from .errors import UserError
@@ -470,8 +469,7 @@ def run(args: argparse.Namespace) -> None:
     if args.engine is not None:
         engine, name = Engine.from_artifact(args.engine), str(args.engine)
     else:
-        lookahead_ms = None if args.lookahead is None else args.lookahead * ENCODER_FRAME_MS
-        engine = Engine.load(args.model, lookahead_ms=lookahead_ms, device=args.device)
+        engine = Engine.load(args.model, lookahead_ms=args.lookahead_ms, device=args.device)
         name = str(args.model)
     controls = Controls(emotion=args.emotion, voice_gate=not args.no_voice_gate)
     engine.resolve_controls(controls)  # a bad --emotion fails here, before the recordings are read
