@@ -172,14 +172,16 @@ def test_memory_stays_flat_on_a_long_stream(onnx_engine_dir: Path) -> None:
     stream = engine.create_stream()
     minute = speech(60.0, 16000)
     rss = []
-    for _ in range(3):
+    for _ in range(4):
         for start in range(0, len(minute), 320):
             stream.accept_waveform(16000, minute[start:start + 320])
             engine.step([stream])
             list(stream.frames())  # a client takes its frames
         rss.append(current_rss_mb())
-    assert stream.frames_decoded >= 3 * 60 * 30 - 5
-    assert rss[2] - rss[0] < 3.0, rss
+    assert stream.frames_decoded >= 4 * 60 * 30 - 5
+    # From the end of the first minute on: allocators (ONNX Runtime's arenas, the voice-activity
+    # thread's) may still settle in it, once (a clean CI run grew 3.6 MB there, then 0.05 MB).
+    assert rss[3] - rss[1] < 3.0, rss
     assert stream._buffer.nbytes <= 4 * engine.hop_samples * 4  # the input buffer never grew
 
 
