@@ -14,6 +14,7 @@ inference at the same look-ahead, whatever the hop or the batch (tests/test_engi
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import tempfile
@@ -35,13 +36,13 @@ from ..training.control_values import (
 )
 from ..training.errors import UserError, require_training
 from ..training.framing import frame_count
-from ..training.input_level import LevelNormaliser
+from ..training.input_level import LevelNormaliser, normalise_together
 from ..training.model_files import DEFAULT_ENGINE
 from . import artifact
 from .backends import Backend, OnnxRuntimeBackend, batches, require_backend
 from .interface import ENCODER_FRAME_MS, NEVER, PREROLL, audio_end_frame, frames_from_ms
 from .rest_face import REST_SECONDS, relative_to_rest
-from .voice_activity import VoiceActivity, VoiceActivityModel, advance_all, gate_articulation
+from .voice_activity import VoiceActivity, VoiceActivityModel, advance_all, gate_articulations
 
 if TYPE_CHECKING:  # the model class only names a type here: the runtime never imports PyTorch
     from ..training.model import EmoTalk
@@ -91,6 +92,7 @@ class Stream:
         self._buffer = np.zeros(4 * engine.hop_samples, dtype=np.float32)
         self._start = 0  # first unread sample in the buffer
         self._pending = engine.preroll  # unread samples: the step's leading zeros, then the audio
+        self._preroll_left = engine.preroll  # leading zeros not yet taken by a step
         self.samples_received = 0
         self.nonfinite_samples = 0
         self._finished = False
@@ -98,6 +100,7 @@ class Stream:
         self._audio_end = NEVER
         self.frames_decoded = 0
         self._frames: deque[Frame] = deque()
+        # The model's input level control, run by the step on each hop's audio (all streams at once)
         self._gain_control = LevelNormaliser() if engine.cfg.input_level == "agc" else None
         self._voice = VoiceActivity(engine.voice_model)  # always runs, so the gate can be switched on live
         self.emotion_logits: np.ndarray | None = None
@@ -130,8 +133,6 @@ class Stream:
             self.nonfinite_samples += int(bad.sum())
             samples = np.where(bad, 0.0, samples).astype(np.float32)
         self._voice.accept(samples, run=False)
-        if self._gain_control is not None:
-            samples = self._gain_control.process(samples)
         if self._start + self._pending + len(samples) > len(self._buffer):
             # Move the unread samples to the front (and grow), so each sample is copied O(1) times.
             size = max(len(self._buffer), 2 * (self._pending + len(samples)))
@@ -188,24 +189,22 @@ class Stream:
             return False
         return self._pending >= self._engine.hop_samples or (self._finished and not self.done)
 
-    def _take_hop(self) -> np.ndarray:
+    def _take_hop(self) -> tuple[np.ndarray, int]:
+        """The next hop of samples (zero-padded past the end), and how many of the step's leading
+        zeros it begins with."""
         hop = self._engine.hop_samples
         chunk = np.zeros(hop, dtype=np.float32)
         take = min(hop, self._pending)
         chunk[:take] = self._buffer[self._start:self._start + take]
         self._start += take
         self._pending -= take
-        return chunk
+        leading = min(self._preroll_left, take)
+        self._preroll_left -= leading
+        return chunk, leading
 
     def _deliver(self, weights: np.ndarray, logits: np.ndarray) -> None:
-        gains, fps = self._resolved.gains, self._engine.cfg.fps
-        if self._resolved.rest is not None:
-            weights = relative_to_rest(weights, self._resolved.rest)
-        if gains is not None:
-            weights = np.clip(weights * gains, 0.0, 1.0)
-        if self._resolved.voice_gate and len(weights):
-            frames = np.arange(self.frames_decoded, self.frames_decoded + len(weights))
-            weights = gate_articulation(weights, self._voice.probabilities, frames, fps, self._engine.lookahead_ms)
+        """Keep the step's finished frames, already shown as the controls ask (`Engine._shown`)."""
+        fps = self._engine.cfg.fps
         for row in weights:
             index = self.frames_decoded
             self.frames_decoded += 1
@@ -233,8 +232,8 @@ class Engine:
         self._rest_faces: dict[tuple[float, int], np.ndarray] = {}
         self._rest_lock = threading.Lock()
         self._rest_engine: Engine | None = None
-        self._free: list[int] = []
-        self._next_slot = 0
+        self._free: list[int] = []  # a heap: a new stream takes the lowest free slot, so the streams'
+        self._next_slot = 0         # state rows stay close together (backends read consecutive rows best)
 
     @property
     def hop_ms(self) -> int:
@@ -322,7 +321,7 @@ class Engine:
     # -- streams --
 
     def create_stream(self, controls: Controls | None = None) -> Stream:
-        slot = self._free.pop() if self._free else self._claim()
+        slot = heapq.heappop(self._free) if self._free else self._claim()
         self.backend.reset(slot)
         return Stream(self, slot, controls or Controls())
 
@@ -331,7 +330,7 @@ class Engine:
         return self._next_slot - 1
 
     def _release(self, slot: int) -> None:
-        self._free.append(slot)
+        heapq.heappush(self._free, slot)
 
     def resolve_controls(self, controls: Controls) -> _Resolved:
         """Check controls against this model and turn them into the step's input rows."""
@@ -403,8 +402,9 @@ class Engine:
             for slots in batches(list(ready), self.backend.max_batch):
                 group = [ready[int(slot)] for slot in slots]
                 controls = [s._resolved for s in group]
+                hops, leading = zip(*(s._take_hop() for s in group))
                 inputs = {
-                    "audio": np.stack([s._take_hop() for s in group]),
+                    "audio": self._level_inputs(group, np.stack(hops), leading),
                     "level": np.array([c.level for c in controls], dtype=np.float32),
                     "person": np.stack([c.person for c in controls]),
                     "emotion": np.stack([c.emotion for c in controls]),
@@ -416,11 +416,48 @@ class Engine:
             voices.result()  # the gate below reads its probabilities
         produced = 0
         for members, outputs in results:
-            for i, stream in enumerate(members):
-                n = int(outputs["n_frames"][i])
-                stream._deliver(outputs["weights"][i, :n], outputs["emotion_logits"][i])
-                produced += n
+            counts = [int(n) for n in outputs["n_frames"]]
+            for stream, weights, logits in zip(members, self._shown(members, outputs["weights"], counts),
+                                               outputs["emotion_logits"]):
+                stream._deliver(weights, logits)
+            produced += sum(counts)
         return produced
+
+    def _shown(self, members: list[Stream], weights: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+        """Each stream's finished frames (B, slots, 52) -> (n, 52) as its controls show them:
+        relative to its rest face, times its gains, the mouth closed where no voice is heard. One
+        pass over the batch for each, not one per stream."""
+        controls = [s._resolved for s in members]
+        weights = weights if weights.flags.writeable else weights.copy()
+        rest = [i for i, c in enumerate(controls) if c.rest is not None]
+        if rest:
+            weights[rest] = relative_to_rest(weights[rest], np.stack([controls[i].rest for i in rest])[:, None])
+        gained = [i for i, c in enumerate(controls) if c.gains is not None]
+        if gained:
+            gains = np.stack([controls[i].gains for i in gained])[:, None]
+            weights[gained] = np.clip(weights[gained] * gains, 0.0, 1.0)
+        shown = [weights[i, :n] for i, n in enumerate(counts)]
+        gated = [i for i, (c, n) in enumerate(zip(controls, counts)) if c.voice_gate and n]
+        if gated:
+            frames = [np.arange(members[i].frames_decoded, members[i].frames_decoded + counts[i]) for i in gated]
+            closed = gate_articulations([shown[i] for i in gated], [members[i]._voice.probabilities for i in gated],
+                                        frames, self.cfg.fps, self.lookahead_ms)
+            for i, weights_i in zip(gated, closed):
+                shown[i] = weights_i
+        return shown
+
+    def _level_inputs(self, group: list[Stream], audio: np.ndarray, leading: Sequence[int]) -> np.ndarray:
+        """Each stream's hop as the model hears it: through its input level control (`input_level
+        = "agc"`), the streams at one place in their blocks in one batched pass. The step's
+        leading zeros are not audio and skip it."""
+        if self.cfg.input_level != "agc":
+            return audio
+        places: dict[tuple[int, int], list[int]] = {}
+        for i, (stream, zeros) in enumerate(zip(group, leading)):
+            places.setdefault((zeros, stream._gain_control._filled), []).append(i)
+        for (zeros, _), rows in places.items():
+            audio[rows, zeros:] = normalise_together([group[i]._gain_control for i in rows], audio[rows, zeros:])
+        return audio
 
     def _run_isolated(self, slots: np.ndarray, group: list[Stream],
                       inputs: dict[str, np.ndarray]) -> list[tuple[list[Stream], dict[str, np.ndarray]]]:

@@ -36,8 +36,8 @@ MODEL_PATH = DEFAULT_MODEL.parent / "silero_vad" / "silero_vad.onnx"  # vendored
 # the voice stops (Silero itself decays within one or two 32 ms chunks; + 60 ms hangover).
 HANGOVER_S = 0.060
 # Look-ahead: chunks starting up to this far after the frame count, so the mouth starts opening as
-# speech starts rather than a chunk late. 40 ms = the default engine look-ahead (2 encoder frames);
-# chunks the caller has not got yet (ending after `available_until`) are never used anyway.
+# speech starts rather than a chunk late. The engine passes its own look-ahead (none for the bundled
+# model); chunks the caller has not got yet (ending after `available_until`) are never used anyway.
 LOOKAHEAD_S = 0.040
 # Probability -> gate: 0 at or below GATE_CLOSED_BELOW (silence and noise score ~0.01-0.05),
 # 1 at or above GATE_OPEN_ABOVE (Silero's own default speech threshold), a smoothstep between,
@@ -225,25 +225,48 @@ def mouth_gate(probabilities: np.ndarray, frame_times: Sequence[float] | np.ndar
     frame's time + its look-ahead: the gate then depends only on audio the frame may see, so a
     stream that has received that much audio gets exactly the offline gate). No such chunk: 0.
     """
-    probabilities = np.asarray(probabilities, dtype=np.float32).reshape(-1)
     times = np.asarray(frame_times, dtype=np.float64).reshape(-1)
     horizon = np.broadcast_to(np.asarray(available_until, dtype=np.float64), times.shape)
+    return mouth_gates([probabilities], [times], [horizon], hangover=hangover, lookahead=lookahead,
+                       closed_below=closed_below, open_above=open_above)
+
+
+def mouth_gates(probabilities: Sequence[np.ndarray], frame_times: Sequence[np.ndarray],
+                available_until: Sequence[np.ndarray], *, hangover: float = HANGOVER_S,
+                lookahead: float = LOOKAHEAD_S, closed_below: float = GATE_CLOSED_BELOW,
+                open_above: float = GATE_OPEN_ABOVE) -> np.ndarray:
+    """`mouth_gate` of many streams in one pass (the engine's step gates every stream at once):
+    stream i's probabilities, its frames' times (increasing) and horizons; the gates of all
+    frames, stream after stream."""
     if not open_above > closed_below:
         raise ValueError(f"open_above ({open_above}) must exceed closed_below ({closed_below})")
-    if not len(times):
+    counts = [len(t) for t in frame_times]
+    if not sum(counts):
         return np.zeros(0, dtype=np.float32)
+    times = np.concatenate(frame_times)
     # Chunk c spans [c, c + 1) in chunk units. It overlaps the window iff c + 1 > start and c <= end;
     # it is available iff c + 1 <= horizon.
     first = np.maximum(np.floor(_chunk_position(times - hangover)), 0).astype(np.int64)
     stop = np.floor(_chunk_position(times + lookahead)).astype(np.int64) + 1
-    available = np.floor(_chunk_position(horizon)).astype(np.int64)
-    stop = np.minimum(np.minimum(stop, available), len(probabilities))
+    available = np.floor(_chunk_position(np.concatenate(available_until))).astype(np.int64)
+    stop = np.minimum(np.minimum(stop, available), np.repeat([len(p) for p in probabilities], counts))
+    # Only the chunks a stream's frames can reach take part: from its first frame's first chunk
+    # (times increase) to the furthest stop, laid end to end.
+    ends = np.cumsum(counts)
+    lows, highs = first[np.minimum(ends - np.asarray(counts), len(times) - 1)].tolist(), [0] * len(counts)
+    end = 0
+    for i, (count, low) in enumerate(zip(counts, lows)):
+        highs[i] = max(low, int(stop[end:end + count].max(initial=low))) if count else low
+        end += count
+    tails = [np.asarray(p, dtype=np.float32).reshape(-1)[low:high] for p, low, high in zip(probabilities, lows, highs)]
+    flat = np.concatenate([*tails, np.zeros(1, np.float32)])
+    base = np.repeat(np.cumsum([0, *map(len, tails)])[:-1] - np.asarray(lows), counts)
     width = int(np.max(stop - first, initial=0))
     best = np.zeros(len(times), dtype=np.float32)
     if width > 0:
         index = first[:, None] + np.arange(width)[None, :]
         valid = index < stop[:, None]
-        values = np.where(valid, probabilities[np.clip(index, 0, max(len(probabilities) - 1, 0))], 0.0)
+        values = np.where(valid, flat[np.where(valid, base[:, None] + index, len(flat) - 1)], 0.0)
         best = values.max(axis=1).astype(np.float32)
     ramp = np.clip((best - closed_below) / (open_above - closed_below), 0.0, 1.0)
     return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)
@@ -256,11 +279,21 @@ def gate_articulation(weights: np.ndarray, probabilities: np.ndarray, frames: np
     A frame sees the audio up to its time + the model's look-ahead, and so does its gate: streaming
     (probabilities so far) and offline (`clip_probabilities`) give the same frames.
     """
-    times = frames / fps
+    return gate_articulations([weights], [probabilities], [frames], fps, lookahead_ms)[0]
+
+
+def gate_articulations(weights: Sequence[np.ndarray], probabilities: Sequence[np.ndarray],
+                       frames: Sequence[np.ndarray], fps: int, lookahead_ms: int) -> list[np.ndarray]:
+    """`gate_articulation` of many streams in one pass."""
+    times = [np.asarray(f, dtype=np.float64) / fps for f in frames]
     lookahead = lookahead_ms / 1000
-    gate = mouth_gate(probabilities, times, times + lookahead, lookahead=lookahead)
-    gated = weights.copy()
-    gated[:, ARTICULATION] *= gate[:, None]
+    gates = mouth_gates(probabilities, times, [t + lookahead for t in times], lookahead=lookahead)
+    gated, start = [], 0
+    for w in weights:
+        out = w.copy()
+        out[:, ARTICULATION] *= gates[start:start + len(w), None]
+        gated.append(out)
+        start += len(w)
     return gated
 
 

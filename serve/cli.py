@@ -4,24 +4,25 @@
     emotalk-serve --host 0.0.0.0 --token "$(openssl rand -hex 16)" --tls-cert cert.pem --tls-key key.pem
 
 Everything the user can get wrong (token, certificate, gRPC's install) is checked before the model
-loads; then one hub serves both protocols until Ctrl-C or SIGTERM, when every session gets its
-remaining frames and the final one before the connections close.
+loads; then one hub serves both protocols until Ctrl-C, SIGTERM or (Windows) Ctrl-Break, when every
+session gets its remaining frames and the final one before the connections close.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..streamer.address import LOCAL_HOST, all_interfaces
-from ..streamer.cli import TOKEN_ENV, add_model_options
+from ..streamer.cli import STOP_SIGNALS, TOKEN_ENV, add_model_options
 from ..training.errors import UserError, add_debug_flag, run_cli
 
 if TYPE_CHECKING:
@@ -151,27 +152,28 @@ def grpc_starter(args: argparse.Namespace) -> "GrpcStarter | None":
 
 async def serve(args: argparse.Namespace, engine: "Engine", token: str | None, tls: tuple[Path, Path] | None,
                 context: ssl.SSLContext | None, start_grpc: "GrpcStarter | None") -> None:
-    """Serve until SIGINT or SIGTERM, then finish every session."""
+    """Serve until Ctrl-C, SIGTERM or Ctrl-Break, then finish every session."""
     from .hub import SessionHub
     from .websocket_server import StreamServer
     hub = SessionHub(engine, max_streams=args.max_streams)
     server = StreamServer(hub, args.host, args.port, token=token, ssl_context=context, idle_timeout=args.idle_timeout)
     grpc_server = None
-    await hub.start()
-    try:
-        await server.start()
-        if start_grpc is not None:
-            port = DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port
-            grpc_server = await start_grpc(hub, args.host, port, token, tls)
-        _announce(server, args, token, grpc_server is not None)
-        await _until_signal()
-        log.info("stopping: finishing %d session(s)", hub.sessions)
-    finally:
-        server.stop_accepting()
-        await hub.stop()
-        if grpc_server is not None:
-            await grpc_server.stop(1.0)
-        await server.close()
+    with _stop_on_signals(asyncio.get_running_loop()) as stop:
+        await hub.start()
+        try:
+            await server.start()
+            if start_grpc is not None:
+                port = DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port
+                grpc_server = await start_grpc(hub, args.host, port, token, tls)
+            _announce(server, args, token, grpc_server is not None)
+            await stop.wait()
+            log.info("stopping: finishing %d session(s)", hub.sessions)
+        finally:
+            server.stop_accepting()
+            await hub.stop()
+            if grpc_server is not None:
+                await grpc_server.stop(1.0)
+            await server.close()
 
 
 def _announce(server: "StreamServer", args: argparse.Namespace, token: str | None, grpc_on: bool) -> None:
@@ -191,19 +193,30 @@ def _announce(server: "StreamServer", args: argparse.Namespace, token: str | Non
     log.info("Ctrl-C stops")
 
 
-async def _until_signal() -> None:
-    """Wait for Ctrl-C or SIGTERM; a second Ctrl-C exits at once."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+@contextlib.contextmanager
+def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> Iterator[asyncio.Event]:
+    """An event that Ctrl-C, SIGTERM or Ctrl-Break sets while the block runs; a second Ctrl-C exits at once.
 
-    def on_signal(signum: int) -> None:
+    Windows' event loops have no `add_signal_handler`: there a plain handler hands the signal to the
+    loop (Python wakes the loop for it), so Ctrl-C still lets every session finish."""
+    stop = asyncio.Event()
+
+    def on_signal(signum: int, _frame: object = None) -> None:
         if stop.is_set() and signum == signal.SIGINT:
             os._exit(130)
-        stop.set()
+        loop.call_soon_threadsafe(stop.set)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    await stop.wait()
+    plain: dict[int, Any] = {}  # signal: the handler it had, for those the loop cannot take
+    for sig in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except NotImplementedError:
+            plain[sig] = signal.signal(sig, on_signal)
+    try:
+        yield stop
+    finally:
+        for sig, handler in plain.items():  # the loop's own handlers go with the loop
+            signal.signal(sig, handler)
 
 
 class _Lines(logging.Formatter):

@@ -1,7 +1,8 @@
 """The live demo page at `/` and the files it loads, all from this package: the page, its script,
-its style and the microphone's AudioWorklet from serve/static/, the face and the look from the
-stream viewer (streamer/viewer/, the viewer's `SHARED` files), so one script draws the face on
-both servers. Request paths are looked up in `FILES`, never joined to a folder."""
+its style and the microphone's AudioWorklet from serve/static/, the face, the controls' form and
+the look from the stream viewer (streamer/viewer/, the viewer's `SHARED` files), so one script
+draws the face and one builds the controls on both servers. Request paths are looked up in
+`FILES`, never joined to a folder."""
 from __future__ import annotations
 
 import functools

@@ -25,7 +25,7 @@ import numpy as np
 from ..engine import Controls, Engine
 from ..streamer.controls import MAX_JSON_BYTES, ControlBoard
 from ..streamer.face import FaceSettings
-from ..streamer.frames import OutFrame, frame_fields
+from ..streamer.frames import OutFrame, frame_json
 from ..streamer.resample import StreamingResampler
 from ..streamer.sources import PCM_FORMATS
 from ..training.audio import MAX_RESAMPLE_KERNEL
@@ -177,11 +177,15 @@ class PcmDecoder:
         if len(block) % self._frame_bytes:
             raise ProtocolError(UNSUPPORTED, f"PCM block of {len(block)} bytes is not whole {self._what} samples "
                                              f"({self._frame_bytes} bytes each)")
-        pcm = np.frombuffer(block, dtype=self._dtype).astype(np.float32)
-        audio = np.nan_to_num(pcm, nan=0.0, posinf=0.0, neginf=0.0) * np.float32(self._scale)
-        np.clip(audio, -1.0, 1.0, out=audio)
+        audio = np.frombuffer(block, dtype=self._dtype).astype(np.float32)
+        audio *= np.float32(self._scale)
+        if self._dtype.kind == "f":  # integer PCM is finite and within full scale already
+            np.nan_to_num(audio, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            np.clip(audio, -1.0, 1.0, out=audio)
         if self._channels > 1:
             audio = audio.reshape(-1, self._channels).mean(axis=1)
+        if self._resampler.passthrough:
+            return audio
         return np.clip(self._resampler.process(audio), -1.0, 1.0)
 
     def flush(self) -> np.ndarray:
@@ -200,8 +204,8 @@ def error_message(reason: str) -> str:
 
 
 def frame_text(frame: OutFrame) -> str:
-    """The streamer's WebSocket frame (streamer/frames.py `frame_fields`) with `"type": "frame"`."""
-    return json.dumps({"type": "frame", **frame_fields(frame)}, separators=(",", ":"))
+    """The streamer's WebSocket frame (streamer/frames.py `frame_json`) with `"type": "frame"`."""
+    return frame_json(frame, "frame")
 
 
 def frame_bytes(frame: OutFrame, emotions: tuple[str, ...]) -> bytes:

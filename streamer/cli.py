@@ -10,6 +10,7 @@ builds and runs the streamer from them.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..engine.backends import BACKENDS
@@ -26,6 +27,8 @@ from .presets import PRESETS, describe
 
 PROG = console_module.PROG
 TOKEN_ENV = "EMOTALK_TOKEN"  # --token's default, kept out of `ps`
+# what stops a stream or the server cleanly: Ctrl-C, `kill`, Windows' Ctrl-Break (also raised as its console closes)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
 EPILOG = f"""\
 emotions for --emotion LABEL[:STRENGTH] (or auto: from the voice), by model:
   default:  {", ".join(RAVDESS_EMOTIONS)}
@@ -51,7 +54,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     model.add_argument("--backend", choices=BACKENDS, help="onnxruntime for the bundled model and --engine (their "
                        "default), torch for a checkpoint (its default)")
     model.add_argument("--lookahead-ms", type=int, metavar="MS", help="future audio the model waits for (default the "
-                       "model's own, 40; another value needs the train extra)")
+                       "model's own, 0 for the bundled model; another value needs the train extra)")
     model.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the engine (default 1)")
 
 

@@ -1,15 +1,15 @@
 """The frame clock: engine frames at the model's rate -> output frames at 30 or 60 fps.
 
 Output frame j shows the audio at j / fps seconds; at 60 fps the frames between two model frames
-are interpolated. N seconds of input give exactly round(N x fps) frames (half up): a frame is only
-released once the audio already received guarantees it exists.
+are interpolated. N seconds of input give exactly ceil(N x fps) frames, as offline inference does
+(`frame_count`): a frame is only released once the audio already received guarantees it exists.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..engine import Frame
-from ..training.audio import rescale_count
+from ..training.framing import frame_count
 
 
 class FrameClock:
@@ -22,8 +22,8 @@ class FrameClock:
         self._last_model = -1
 
     def frame_limit(self, samples: int) -> int:
-        """round(samples / rate x fps), half up, in exact integers."""
-        return rescale_count(samples, self.fps, self.sample_rate)
+        """Output frames that `samples` of audio hold: ceil(samples / rate x fps)."""
+        return frame_count(samples, self.sample_rate, self.fps)
 
     def push(self, frame: Frame) -> None:
         self._frames[frame.index] = frame.weights

@@ -31,6 +31,10 @@ from .presets import PRESETS
 NOT_IN_FILES = {"help", "version", "config", "profile"}  # what only the command line may say
 PROFILES = "profile"  # the table of named profiles
 APP = "emotalk-stream"
+# tomllib's words for a bad escape, e.g. `"C:\Users"` (\U wants 8 hex digits) or `"C:\data"`
+BAD_ESCAPES = ("Unescaped '\\'", "Invalid hex value", "not a Unicode scalar value")
+WINDOWS_PATHS = ("in double quotes a backslash starts an escape (\\t is a tab), so write Windows paths in "
+                 "single quotes ('C:\\takes\\take.csv') or with forward slashes (\"C:/takes/take.csv\")")
 
 
 def default_path() -> Path:
@@ -84,14 +88,16 @@ def _read(path: Path | None, profile: str | None, options: dict[str, argparse.Ac
                 raise UserError(f"--profile {profile} needs a config file: pass --config FILE, or create {path}")
             return {}, {}
     try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # -sig: Windows editors may start with a BOM
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist: check --config") from None
     except OSError as exc:
         raise UserError(f"cannot read config file {path} ({exc.strerror}): check --config") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text: save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config file {path} is not valid TOML ({exc}): fix it there") from None
+        fix = WINDOWS_PATHS if any(words in str(exc) for words in BAD_ESCAPES) else "fix it there"
+        raise UserError(f"config file {path} is not valid TOML ({exc}): {fix}") from None
     profiles = data.pop(PROFILES, {})
     if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
         raise UserError(f"config file {path}: {PROFILES} must hold tables, one per profile: [{PROFILES}.NAME]")
@@ -143,6 +149,8 @@ def _scalar(key: str, value: object, action: argparse.Action, where: str) -> obj
             isinstance(value, (str, int, float)))  # numbers are fine for text options: person = 3, ws = 8765
     if isinstance(value, bool) or not fits:
         raise UserError(f"{where}: {key} must be {kind}, not {value!r}")
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):  # "C:\takes" read as a tab
+        raise UserError(f"{where}: {key} holds a tab, a newline or another control character: {WINDOWS_PATHS}")
     value = action.type(value) if action.type in (int, float) else str(value)
     if action.choices is not None and value not in action.choices:
         raise UserError(f"{where}: {key} must be one of {', '.join(map(str, action.choices))}, not {value!r}")

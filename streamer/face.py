@@ -11,19 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..training.blendshapes import INDEX
+from ..training.blinks import Blinker
 from ..training.errors import UserError
 
 MAX_SMOOTHING_S = 1.0
 MAX_MOTION = 2.0  # head and eye motion: 1 is the natural amount, 2 twice as much; more looks restless
-BLINK_CHANNELS = (INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"])
-# People blink about 15-20 times a minute while talking; a blink lasts 100-300 ms and closes faster
-# than it opens.
-BLINK_MEAN_GAP_S = 3.5
-BLINK_MIN_GAP_S = 1.2
-BLINK_CLOSE_S = 0.07
-BLINK_OPEN_S = 0.14
-
 
 
 def check_smoothing(seconds: float, name: str = "smoothing", shown: object = None) -> float:
@@ -56,29 +48,6 @@ class FaceSettings:
     eye_motion: float = 1.0
 
 
-class Blinker:
-    """Blink times drawn from a seeded random process on the audio clock."""
-
-    def __init__(self, seed: int = 0):
-        self._rng = np.random.default_rng(seed)
-        self._start = self._gap(first=True)
-
-    def _gap(self, first: bool = False) -> float:
-        gap = BLINK_MIN_GAP_S + self._rng.exponential(BLINK_MEAN_GAP_S - BLINK_MIN_GAP_S)
-        return gap * (0.5 if first else 1.0)
-
-    def closure(self, time: float) -> float:
-        """How closed the eyes are at `time` (0 open, 1 shut); times must not go backwards."""
-        while time >= self._start + BLINK_CLOSE_S + BLINK_OPEN_S:
-            self._start += BLINK_CLOSE_S + BLINK_OPEN_S + self._gap()
-        t = time - self._start
-        if t < 0:
-            return 0.0
-        if t < BLINK_CLOSE_S:
-            return math.sin(0.5 * math.pi * t / BLINK_CLOSE_S)
-        return 0.5 + 0.5 * math.cos(math.pi * (t - BLINK_CLOSE_S) / BLINK_OPEN_S)
-
-
 class FacePost:
     """Smoothing, then blinks, then a clip to [0, 1], for frames at `fps` in time order."""
 
@@ -97,9 +66,7 @@ class FacePost:
             self._state = weights.astype(np.float32, copy=True)
         out = self._state.copy()
         if self.settings.blink:
-            closure = self._blinker.closure(time)
-            for channel in BLINK_CHANNELS:
-                out[channel] = max(out[channel], closure)
+            self._blinker.apply(time, out)
         else:
             self._blinker.closure(time)  # keep the blink schedule on the audio clock
         return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..training.blendshapes import INDEX
-from .face import BLINK_CHANNELS
+from ..training.blinks import BLINK_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ LIDS_SHUT = 0.5
 SACCADE_S = 0.025  # a saccade lasts this long, and SACCADE_S_PER_DEG more per degree (main sequence)
 SACCADE_S_PER_DEG = 0.0025
 
-_HEAD_STREAM, _EYE_STREAM = 1, 2  # random streams of a seed, apart from the blinks' (face.Blinker)
+_HEAD_STREAM, _EYE_STREAM = 1, 2  # random streams of a seed, apart from the blinks' (training/blinks.py)
 
 
 def _follow(value: float, target: float, seconds: float, dt: float) -> float:

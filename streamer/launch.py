@@ -18,7 +18,7 @@ from ..training.blendshapes import REGIONS
 from ..training.errors import UserError
 from . import console as console_module
 from .address import parse_address, parse_listen_address
-from .cli import TOKEN_ENV
+from .cli import STOP_SIGNALS, TOKEN_ENV
 from .controls import ControlBoard
 from .face import FaceSettings, check_motion, check_smoothing
 from .ifacialmocap import DEFAULT_PORT as IFACIALMOCAP_PORT
@@ -187,7 +187,7 @@ def parse_gains(items: list[str]) -> dict[str, float]:
 
 
 def with_signals(body: Callable[[threading.Event], Summary]) -> Summary:
-    """Run `body(stop)` with Ctrl-C and SIGTERM setting `stop`; a second Ctrl-C exits at once."""
+    """Run `body(stop)` with Ctrl-C, SIGTERM and Ctrl-Break setting `stop`; a second Ctrl-C exits at once."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -195,7 +195,7 @@ def with_signals(body: Callable[[threading.Event], Summary]) -> Summary:
             os._exit(130)
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         return body(stop)
     finally:

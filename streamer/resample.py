@@ -45,6 +45,11 @@ class StreamingResampler:
         self._phases = self._filter_bank() if self._up != self._down else None
         self._reset()
 
+    @property
+    def passthrough(self) -> bool:
+        """In and out rates are equal: `process` returns its input as it is."""
+        return self._phases is None
+
     def _filter_bank(self) -> np.ndarray:
         """(up, 2 * half) taps: row p weighs x[n0 - half + 1 .. n0 + half] for an output at n0 + p / up.
 

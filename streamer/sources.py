@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 
 STALL_S = 2.0  # a microphone silent this long (no callbacks at all) has stopped
 STAMPS = 4096  # arrival stamps kept: 40 s of 10 ms blocks
+# Linux takes PortAudio from the system; the sounddevice wheels for Windows and macOS hold it
+PORTAUDIO_FIXES = {
+    "linux": "install it: apt install libportaudio2 (Debian, Ubuntu) or dnf install portaudio (Fedora)",
+    "darwin": "brew install portaudio, or reinstall sounddevice, whose wheel holds it: "
+              "pip install --force-reinstall sounddevice",
+    "win32": "reinstall sounddevice, whose wheel holds it: pip install --force-reinstall sounddevice",
+}
 PCM_FORMATS = {"s16le": ("<i2", 1 / 32768), "f32le": ("<f4", 1.0)}
 PIPE_READ_BYTES = 8192  # at most this much per read from the pipe: small, so arrival stamps stay fine
 PIPE_QUEUE_CHUNKS = 64  # converted chunks waiting for `read`; a full queue holds back the writer
@@ -189,7 +196,7 @@ def _sounddevice() -> ModuleType:
         import sounddevice
     except OSError as exc:
         raise UserError(f"cannot use a microphone: the PortAudio library is missing ({exc}); "
-                        f"install libportaudio2 (apt install libportaudio2)") from exc
+                        f"{PORTAUDIO_FIXES.get(sys.platform, PORTAUDIO_FIXES['linux'])}") from exc
     return sounddevice
 
 

@@ -50,17 +50,17 @@ from websockets.server import ServerProtocol
 from ..training.errors import UserError
 from .address import all_interfaces
 from .controls import MAX_JSON_BYTES, ControlBoard
-from .frames import OutFrame, frame_fields
+from .frames import OutFrame, frame_json
 from .sink import Sink
 
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 # The only files ever served, from streamer/viewer/: request paths are looked up here and never
-# joined to a folder, so no path can reach another file. The face and the look are shared with
-# emotalk-serve's demo page, which serves `SHARED` too. vendor/ holds three.js and three-vrm
-# (scripts/vendor_viewer.sh), loaded only when an avatar is shown.
-SHARED = {"/face.js": "face.js", "/viewer.css": "viewer.css"}
+# joined to a folder, so no path can reach another file. The face, the controls' form and the look
+# are shared with emotalk-serve's demo page, which serves `SHARED` too. vendor/ holds three.js and
+# three-vrm (scripts/vendor_viewer.sh), loaded only when an avatar is shown.
+SHARED = {"/face.js": "face.js", "/controls.js": "controls.js", "/viewer.css": "viewer.css"}
 VENDOR = ("three.core.min.js", "three.module.min.js", "GLTFLoader.min.js", "three-vrm.module.min.js")
 PAGES = {"/": "index.html", "/index.html": "index.html", "/viewer.js": "viewer.js", "/avatar.js": "avatar.js",
          **SHARED, **{f"/vendor/{name}": f"vendor/{name}" for name in VENDOR}}
@@ -203,7 +203,7 @@ class WebSocketSink(Sink):
                 f"machine, 127.0.0.1 for this machine only or 0.0.0.0 for every network")
 
     def _send(self, frame: OutFrame) -> None:
-        text = json.dumps(frame_fields(frame), separators=(",", ":"))
+        text = frame_json(frame)
         if self.lossless:  # every client gets every frame, or is disconnected when it stalls
             asyncio.run_coroutine_threadsafe(self._deliver_all(text), self._loop).result()
         else:

@@ -1,8 +1,8 @@
 """Bad input, one table: every case is what a user or a peer can send, and what they get back.
 
 Commands run in-process (`emotalk-stream` is `cli.main`): a refusal is exit code 2 and exactly one
-stderr line `emotalk-stream: error: ...`; input that must work streams every frame, round(N x 30)
-for N seconds of input, all finite and in [0, 1]. Controls go through a real ControlBoard behind a
+stderr line `emotalk-stream: error: ...`; input that must work streams every frame, ceil(N x 30)
+for N seconds of input at 16 kHz (as offline inference counts), all finite and in [0, 1]. Controls go through a real ControlBoard behind a
 real OSC server or WebSocket sink: refused with a reason, the board unchanged, the stream going on.
 Cases covered elsewhere are not repeated here (see the table in docs/reliability.md): e.g. a missing or corrupt
 WAV end to end in test_stream_cli.py, a tampered model.onnx in test_engine.py.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -87,11 +88,13 @@ def refused(env: Env, args: list[str], message: str) -> None:
 
 
 def streams_every_frame(env: Env, source: list[str], samples: int, rate: int, stdin: bytes | None = None) -> None:
-    """Exit 0, nothing on stderr, floor(N x 30 + 0.5) frames for N = samples / rate, all in [0, 1]."""
+    """Exit 0, nothing on stderr, ceil(N x 30) frames for the N seconds the 16 kHz stream holds
+    (samples resampled to the nearest 16 kHz sample, half up), all in [0, 1]."""
     code, err = run_command(env, [*source, "--no-pace", "--record", str(env.tmp / "face.npy")], stdin)
     assert (code, err) == (0, "")
     frames = np.load(env.tmp / "face.npy")
-    assert frames.shape == (int(Fraction(samples, rate) * FPS + Fraction(1, 2)), COUNT)
+    at_16k = math.floor(Fraction(samples * 16000, rate) + Fraction(1, 2))
+    assert frames.shape == (math.ceil(Fraction(at_16k * FPS, 16000)), COUNT)
     assert np.isfinite(frames).all() and frames.min() >= 0.0 and frames.max() <= 1.0
 
 
@@ -142,15 +145,15 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\
 
 # ---------------------------------------------------------------- rates, channels, samples
 
-def just_under_half_frame(rate: int) -> int:
-    """Samples at `rate` lasting just under 18.5 frames (by half a 16 kHz sample, the finest the
-    16 kHz stream tells apart): the count must round down to 18, where a length rounded up gives 19."""
-    return int((Fraction(37, 2 * FPS) - Fraction(1, 32000)) * rate)
+def just_over_18_frames(rate: int) -> int:
+    """Samples at `rate` lasting 18 frames and less than half a 16 kHz sample more (the finest the
+    16 kHz stream tells apart): the count must be 18, where a resampled length rounded up gives 19."""
+    return int((Fraction(18, FPS) + Fraction(1, 40000)) * rate)
 
 
 def wav_works(rate: int, channels: int = 1) -> Callable[[Env], None]:
     def check(env: Env) -> None:
-        samples = just_under_half_frame(rate)
+        samples = just_over_18_frames(rate)
         path = env.tmp / "speech.wav"
         path.write_bytes(wav_bytes(rate, channels, samples))
         streams_every_frame(env, ["--wav", str(path)], samples, rate)
@@ -163,7 +166,7 @@ def pcm(audio: np.ndarray, fmt: str) -> bytes:
 
 def stdin_works(rate: int, channels: int, fmt: str) -> Callable[[Env], None]:
     def check(env: Env) -> None:
-        samples = just_under_half_frame(rate)
+        samples = just_over_18_frames(rate)
         audio = np.random.default_rng(rate).normal(0.0, 0.1, (samples, channels))
         streams_every_frame(env, ["--stdin", "--stdin-rate", str(rate), "--stdin-channels", str(channels),
                                   "--stdin-format", fmt], samples, rate, pcm(audio, fmt))
@@ -293,7 +296,7 @@ def manifest_not_json(folder: Path) -> None:
     (folder / MANIFEST_FILE).write_text("{")
 
 
-EXACT = "streams exactly floor(N x 30 + 0.5) frames, all in [0, 1]"
+EXACT = "streams exactly ceil(N x 30) frames, all in [0, 1]"
 CASES = [
     # files: one line, exit 2
     Case("file", "empty", "`audio file F is empty (0 bytes)`", bad_file(lambda p: b"", r"is empty \(0 bytes\)")),

@@ -15,6 +15,7 @@ from emotalk_stream.engine import Engine
 from emotalk_stream.engine.backends import BACKENDS
 from emotalk_stream.streamer.cli import main as stream_main
 from emotalk_stream.tools.bench import build_parser as bench_parser, load_engine as bench_engine
+from emotalk_stream.training.audio import read_audio
 from emotalk_stream.training.config import OFFICIAL_EMOTIONS, RAVDESS_EMOTIONS
 from emotalk_stream.training.errors import package_version
 from emotalk_stream.training.evaluate import main as eval_main
@@ -135,9 +136,15 @@ def test_look_ahead_is_milliseconds_on_the_20_ms_grid_checked_before_the_model_l
     assert "--lookahead-ms 2 ms must be a multiple of 20 ms" in lines[1], lines
 
 
-def test_offline_inference_at_40_ms_is_the_bundled_engine_at_its_own_look_ahead(tmp_path: Path) -> None:
-    """40 is milliseconds: the bundled engine's own look-ahead, so ONNX Runtime runs it (40 frames
-    would be 800 ms, a checkpoint on PyTorch) and the frames are those of the default."""
-    assert infer_main([str(SAMPLE_SPEECH), "--out", str(tmp_path / "default.npy")]) == 0
-    assert infer_main([str(SAMPLE_SPEECH), "--out", str(tmp_path / "40.npy"), "--lookahead-ms", "40"]) == 0
-    np.testing.assert_array_equal(np.load(tmp_path / "40.npy"), np.load(tmp_path / "default.npy"))
+def test_offline_look_ahead_is_milliseconds_and_its_own_is_the_bundled_engine(tmp_path: Path) -> None:
+    """0 ms is the bundled engine's own look-ahead: ONNX Runtime runs it and the frames are those of
+    the default. 40 is milliseconds (40 frames would be 800 ms): the checkpoint's full-context pass
+    at 40 ms, which the engine at 40 ms streams exactly."""
+    takes = {}
+    for name, extra in (("default", []), ("0", ["--lookahead-ms", "0"]), ("40", ["--lookahead-ms", "40"])):
+        assert infer_main([str(SAMPLE_SPEECH), "--out", str(tmp_path / f"{name}.npy"), "--no-blink", *extra]) == 0
+        takes[name] = np.load(tmp_path / f"{name}.npy")
+    np.testing.assert_array_equal(takes["0"], takes["default"])
+    at_40 = Engine.load("default", lookahead_ms=40).process([read_audio(SAMPLE_SPEECH)])[0]
+    np.testing.assert_allclose(takes["40"], at_40, atol=1e-4)
+    assert np.abs(takes["40"] - takes["default"]).max() > 0.01

@@ -17,7 +17,8 @@ from pythonosc.udp_client import SimpleUDPClient
 from websockets.sync.client import connect
 
 from emotalk_stream.streamer.controls import ControlBoard
-from emotalk_stream.streamer.face import BLINK_CHANNELS, MAX_MOTION, check_motion
+from emotalk_stream.streamer.face import MAX_MOTION, check_motion
+from emotalk_stream.training.blinks import BLINK_CHANNELS
 from emotalk_stream.streamer.head_motion import HEAD_LIMIT, REST, Motion, MotionModel
 from emotalk_stream.training.blendshapes import COUNT, INDEX, LIVELINK_CSV_ORDER, LIVELINK_UDP_ORDER, ROTATIONS
 from emotalk_stream.training.errors import UserError

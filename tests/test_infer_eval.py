@@ -54,10 +54,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def speech_like(seconds: float, seed: int) -> np.ndarray:
+def speech_like(seconds: float, seed: int, rate: int = RATE) -> np.ndarray:
     """Noise bursts with a syllable-rate envelope: enough for loudness to follow."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
+    t = np.arange(int(seconds * rate)) / rate
     envelope = np.clip(np.sin(2 * np.pi * rng.uniform(3, 5) * t), 0, None)
     return (0.3 * envelope * rng.standard_normal(t.size)).astype(np.float32)
 
@@ -136,6 +136,24 @@ def test_infer_writes_npy_with_the_official_frame_count(models: dict[str, Path],
     assert weights.min() >= 0.0 and weights.max() <= 1.0 and weights.std(axis=0).max() > 0
     summary = capsys.readouterr().err.strip().splitlines()
     assert len(summary) == 1 and "42 frames (1.37 s)" in summary[0] and "voice emotion" in summary[0]
+
+
+@pytest.mark.parametrize("blink", [[], ["--no-blink"]], ids=["blinking", "no-blink"])
+def test_an_offline_take_equals_the_streamed_take_of_the_same_file(blink: list[str], tmp_path: Path) -> None:
+    """emotalk-infer and emotalk-stream --no-pace --record of one 44.1 kHz file that ends mid-frame:
+    the same frame count (ceil(N x 30)) and the same frames, blinks included or left out by both."""
+    from emotalk_stream.streamer.cli import main as stream_main
+    import soundfile as sf
+    wav = tmp_path / "take.wav"
+    sf.write(str(wav), speech_like(2.345, 7, 44100), 44100)  # 44.1 kHz: the stream resamples it
+    offline, streamed = tmp_path / "offline.npy", tmp_path / "streamed.npy"
+    assert infer_main([str(wav), "--out", str(offline), *blink]) == 0
+    assert stream_main(["--wav", str(wav), "--no-pace", "--quiet", "--record", str(streamed), *blink]) == 0
+    a, b = np.load(offline), np.load(streamed)
+    assert a.shape == b.shape == (71, 52)  # 2.345 s x 30 = 70.35 frames: the last one partly filled
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    eyes = a[:, [INDEX["eyeBlinkLeft"], INDEX["eyeBlinkRight"]]]
+    assert (eyes.max() > 0.9) == (not blink)  # a blink shuts the eyes within 2.3 s (the first comes by 2.1 s)
 
 
 def test_infer_csv_reads_back_equal_by_name(models: dict[str, Path], speech: Path, tmp_path: Path) -> None:

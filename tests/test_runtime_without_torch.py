@@ -67,12 +67,12 @@ def test_streaming_a_file_to_a_real_receiver_never_imports_torch(tmp_path: Path)
         receiver.close()
     assert result == {"rc": 0, "loaded": []}, err
     frames = np.load(record)
-    assert frames.shape == (150, 52) and len(packets) >= len(frames)  # every frame, then the neutral one
+    assert frames.shape == (151, 52) and len(packets) >= len(frames)  # every frame (ceil 5.007 s x 30), then the neutral one
 
 
 def test_offline_inference_never_imports_torch_and_equals_the_stream(tmp_path: Path) -> None:
     out = tmp_path / "face.npy"
-    result, err = _run("emotalk_stream.training.infer", [str(SAMPLE_SPEECH), "--out", str(out)], tmp_path)
+    result, err = _run("emotalk_stream.training.infer", [str(SAMPLE_SPEECH), "--out", str(out), "--no-blink"], tmp_path)
     assert result == {"rc": 0, "loaded": []}, err
     from emotalk_stream.engine import Engine
     from emotalk_stream.training.audio import read_audio

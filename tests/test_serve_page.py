@@ -147,11 +147,12 @@ def test_the_page_and_everything_it_loads_come_from_the_server(server: Served) -
     assert (status, headers["Content-Type"], headers["Content-Security-Policy"]) == (
         200, "text/html; charset=utf-8", page.CSP)
     loads = re.findall(r'(?:src|href)="([^"]*)"', html.decode())
-    assert loads == ["data:,", "/viewer.css", "/demo.css", "/face.js", "/demo.js"]
+    assert loads == ["data:,", "/viewer.css", "/demo.css", "/face.js", "/controls.js", "/demo.js"]
     served = {path: fetch(server, path) for path in [*loads[1:], "/capture.js"]}  # the worklet: demo.js loads it
     assert {path: (status, headers["Content-Type"]) for path, (status, headers, _) in served.items()} == {
         "/viewer.css": (200, "text/css; charset=utf-8"), "/demo.css": (200, "text/css; charset=utf-8"),
-        "/face.js": (200, "text/javascript; charset=utf-8"), "/demo.js": (200, "text/javascript; charset=utf-8"),
+        "/face.js": (200, "text/javascript; charset=utf-8"),
+        "/controls.js": (200, "text/javascript; charset=utf-8"), "/demo.js": (200, "text/javascript; charset=utf-8"),
         "/capture.js": (200, "text/javascript; charset=utf-8")}
     assert set(page.FILES) == {"/", *served}  # nothing served that the page does not use
     # one face for both servers: the stream viewer's very file

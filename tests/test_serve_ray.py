@@ -29,7 +29,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from emotalk_stream.serve.cli import main as serve_main
 from emotalk_stream.serve.protocol import GOING_AWAY, INTERNAL, NORMAL, PATH, TRY_LATER, decode_frame
 from emotalk_stream.tools.loadtest_session import BLOCK_S, BLOCK_SAMPLES, Speech
-from emotalk_stream.training.audio import SAMPLE_RATE, rescale_count
+from emotalk_stream.training.audio import SAMPLE_RATE
+from emotalk_stream.training.framing import frame_count
 from emotalk_stream.training.model_files import SAMPLE_SPEECH
 
 ray = pytest.importorskip("ray", reason="the Ray Serve tests need ray[serve] (pip install 'ray[serve]')")
@@ -135,7 +136,7 @@ class Outcome:
 
     @property
     def lost(self) -> int:
-        expected = rescale_count(self.blocks * BLOCK_SAMPLES, self.fps, SAMPLE_RATE)
+        expected = frame_count(self.blocks * BLOCK_SAMPLES, SAMPLE_RATE, self.fps)
         return len(set(range(expected)) - set(self.frames))
 
 

@@ -21,7 +21,7 @@ import soundfile as sf
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import ThreadingOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
 from emotalk_stream.engine import Engine
 from emotalk_stream.training.audio import read_audio
@@ -39,7 +39,7 @@ RATE = 16000
 
 def expected_frames(path: Path, fps: int) -> int:
     info = sf.info(str(path))
-    return int(np.floor(info.frames / info.samplerate * fps + 0.5))
+    return -(-info.frames * fps // info.samplerate)  # ceil(N x fps), as offline inference counts (16 kHz files)
 
 
 def run(*args: str, env: dict[str, str] | None = None, data: bytes | None = None) -> subprocess.CompletedProcess:
@@ -87,7 +87,7 @@ def check_frames(frames: list[tuple[int, float, np.ndarray]], count: int, fps: i
 
 
 @pytest.mark.parametrize("fps", [30, 60])
-def test_wav_to_python_osc_gives_exactly_round_n_fps_frames_equal_to_the_engine(receiver: ArkitReceiver, fps: int) -> None:
+def test_wav_to_python_osc_gives_exactly_ceil_n_fps_frames_equal_to_the_engine(receiver: ArkitReceiver, fps: int) -> None:
     done = run("--wav", str(SAMPLE), "--no-pace", "--osc", f"127.0.0.1:{receiver.port}", "--osc-format", "arkit",
                "--fps", str(fps), "--no-blink", "--quiet")
     assert done.returncode == 0, done.stderr.decode()
@@ -156,7 +156,8 @@ def test_stdin_pcm_at_48k_is_resampled_and_recorded(tmp_path: Path) -> None:
     done = run("--stdin", "--stdin-rate", "48000", "--record", str(out), "--quiet", data=data)
     assert done.returncode == 0, done.stderr.decode()
     recorded = np.load(out)
-    assert recorded.shape == (int(np.floor(len(pcm48) / 48000 * 30 + 0.5)), 52)
+    at_16k = (2 * len(pcm48) * 16000 + 48000) // (2 * 48000)  # the resampled length, half up
+    assert recorded.shape == (-(-at_16k * 30 // 16000), 52)
     assert recorded[:, INDEX["jawOpen"]].max() > 0.2
 
 
@@ -173,19 +174,22 @@ def finish(process: subprocess.Popen, timeout: float = 60) -> str:
     return err
 
 
+def connect_when_up(port: int, process: subprocess.Popen, timeout: float) -> ClientConnection:
+    """A WebSocket client of the stream `process` serves on `port`, once it answers there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2)
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, "the server never came up"
+            time.sleep(0.1)
+
+
 def test_websocket_clients_get_json_frames_and_send_controls() -> None:
     port = free_port(socket.SOCK_STREAM)
     process = start("--wav", str(SAMPLE), "--ws", f"127.0.0.1:{port}", "--no-blink")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client = connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and process.poll() is None, "the server never came up"
-                time.sleep(0.1)
-        with client:
+        with connect_when_up(port, process, timeout=30) as client:
             frames = [json.loads(client.recv(timeout=10)) for _ in range(20)]
             client.send(json.dumps({"gain": {region: 0.0 for region in ("jaw", "mouth")}}))
             reply = None
@@ -523,15 +527,7 @@ def test_the_status_line_fits_80_columns_shows_clients_and_the_emotion_and_is_go
     process = subprocess.Popen([*CLI, "--wav", str(SAMPLE), "--ws", str(port), "--wait-for-client", "--emotion", "auto"],
                                stdin=subprocess.DEVNULL, stdout=terminal.terminal, stderr=terminal.terminal)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client = connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and process.poll() is None, "the server never came up"
-                time.sleep(0.1)
-        with client:
+        with connect_when_up(port, process, timeout=60) as client:
             threading.Thread(target=lambda: [None for _ in client], daemon=True).start()  # reads every frame
             # The detected emotion, then the one a control sets.
             wait_for(lambda: re.search(r"emotion \w+ \(voice\) \| 1 client", terminal.text()), timeout=10,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from emotalk_stream.streamer.address import parse_address
 from emotalk_stream.streamer.clock import FrameClock
 from emotalk_stream.streamer.console import Console, fit
 from emotalk_stream.streamer.controls import ControlBoard
-from emotalk_stream.streamer.face import BLINK_CHANNELS, Blinker, FacePost, FaceSettings
+from emotalk_stream.streamer.face import FacePost, FaceSettings
+from emotalk_stream.training.blinks import BLINK_CHANNELS, Blinker
 from emotalk_stream.streamer.stats import status_parts
 from emotalk_stream.training.blendshapes import COUNT, INDEX
 from emotalk_stream.training.errors import UserError
@@ -44,9 +46,9 @@ def run_clock(samples: int, fps: int, hop: int = 320) -> list[tuple[int, float, 
 
 @settings(max_examples=200, deadline=None)
 @given(samples=st.integers(0, 5 * RATE), fps=st.sampled_from([30, 60]), hop=st.sampled_from([160, 320, 640, 1000]))
-def test_n_seconds_give_exactly_round_n_fps_frames(samples: int, fps: int, hop: int) -> None:
+def test_n_seconds_give_exactly_ceil_n_fps_frames(samples: int, fps: int, hop: int) -> None:
     frames = run_clock(samples, fps, hop)
-    expected = math.floor(samples / RATE * fps + 0.5)
+    expected = math.ceil(Fraction(samples, RATE) * fps)  # as offline inference counts
     assert len(frames) == expected
     assert [f[0] for f in frames] == list(range(expected))
     assert all(f[1] == f[0] / fps for f in frames)
@@ -63,8 +65,10 @@ def test_sixty_fps_interpolates_between_model_frames() -> None:
 def test_frames_wait_until_the_audio_guarantees_them() -> None:
     clock = FrameClock(MODEL_FPS, 30, RATE)
     clock.push(Frame(0, 0.0, np.zeros(COUNT, np.float32)))
-    assert clock.ready(100) == []  # 6 ms of audio round to 0 frames
-    assert [f[0] for f in clock.ready(300)] == [0]  # 18.75 ms rounds to 1
+    clock.push(Frame(1, 1 / 30, np.zeros(COUNT, np.float32)))
+    assert clock.ready(0) == []  # no audio, no frame
+    assert [f[0] for f in clock.ready(533)] == [0]  # 33.31 ms: frame 1 (at 33.33 ms) is not in the audio yet
+    assert [f[0] for f in clock.ready(534)] == [1]  # 33.38 ms holds it
 
 
 def test_smoothing_is_a_causal_one_pole_with_the_given_time_constant() -> None:

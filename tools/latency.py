@@ -35,7 +35,8 @@ from ..streamer.face import FaceSettings
 from ..streamer.osc_sink import ARKIT_ADDRESS, OscSink
 from ..streamer.pipeline import Streamer
 from ..streamer.sources import WavSource
-from ..training.audio import SAMPLE_RATE, rescale_count, write_wav
+from ..training.audio import SAMPLE_RATE, write_wav
+from ..training.framing import frame_count
 from ..training.blendshapes import INDEX
 from ..training.errors import UserError, add_debug_flag, run_cli
 from ..training.espeak import Voice, default_espeak
@@ -123,7 +124,7 @@ def measure(engine: Engine, onsets: int, fps: int, seed: int) -> dict[str, Any]:
             if rising:
                 onset_response.append(1000 * (rising[0][0] - arrived))
     return {"backend": engine.backend.name, "hop_ms": engine.hop_ms, "lookahead_ms": engine.lookahead_ms, "fps": fps,
-            "frames": len(packets), "expected_frames": rescale_count(len(audio), fps, SAMPLE_RATE),
+            "frames": len(packets), "expected_frames": frame_count(len(audio), SAMPLE_RATE, fps),
             "onsets": len(starts), "onsets_responded": len(onset_response),
             "frame_latency_ms": percentiles(frame_ms), "onset_frame_ms": percentiles(onset_frame),
             "onset_response_ms": percentiles(onset_response)}

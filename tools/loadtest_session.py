@@ -28,7 +28,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from ..serve.protocol import NORMAL, PATH, TRY_LATER, decode_frame
-from ..training.audio import SAMPLE_RATE, read_audio, rescale_count
+from ..training.audio import SAMPLE_RATE, read_audio
+from ..training.framing import frame_count
 
 BLOCK_S = 0.02
 BLOCK_SAMPLES = SAMPLE_RATE * 20 // 1000
@@ -98,7 +99,7 @@ class SessionResult:
     def expected_frames(self) -> int:
         """The frames of the audio sent, as the server's frame clock counts them: round(seconds x
         fps), half up (streamer/clock.py)."""
-        return rescale_count(len(self.sent) * BLOCK_SAMPLES, round(self.fps), SAMPLE_RATE)
+        return frame_count(len(self.sent) * BLOCK_SAMPLES, SAMPLE_RATE, round(self.fps))
 
     def frames_shown(self) -> list[tuple[int, float, float]]:
         """Frames of the audio sent, once each, in arrival order (the neutral final frame after

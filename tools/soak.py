@@ -29,7 +29,8 @@ from pythonosc.osc_message import OscMessage
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from ..training.audio import SAMPLE_RATE, read_audio, rescale_count, write_wav
+from ..training.audio import SAMPLE_RATE, read_audio, write_wav
+from ..training.framing import frame_count
 from ..training.errors import UserError, add_debug_flag, run_cli
 from ..training.model_files import SAMPLE_SPEECH
 
@@ -145,7 +146,7 @@ def check(frames: list[tuple[int, float]], expected: int, fps: int,
 def soak(seconds: float, fps: int, warmup: float, engine: str | None) -> dict[str, Any]:
     speech = read_audio(SAMPLE_SPEECH)
     audio = np.take(speech, np.arange(int(seconds * SAMPLE_RATE)), mode="wrap")
-    expected = rescale_count(len(audio), fps, SAMPLE_RATE)
+    expected = frame_count(len(audio), SAMPLE_RATE, fps)
     vmc, arkit, livelink = UdpCounter(), UdpCounter(parse_arkit), UdpCounter(parse_livelink)
     with tempfile.TemporaryDirectory(prefix="emotalk-soak-") as tmp:
         wav, record = Path(tmp) / "speech.wav", Path(tmp) / "take.npy"

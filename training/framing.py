@@ -17,8 +17,10 @@ POS_CONV_KERNEL = 15  # causal positional convolution of the streaming encoder
 
 
 def frame_count(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = 30) -> int:
-    """Output frames for a clip, as the official demo counts them: ceil(seconds * fps)."""
-    return math.ceil(num_samples / sample_rate * fps)
+    """Output frames for a clip, as the official demo counts them: ceil(seconds * fps), in exact
+    integers. Offline inference, the engine and the streamer's frame clock all count with it, so
+    every take of one file has the same frames."""
+    return -(-num_samples * fps // sample_rate)
 
 
 def mel_frames_for(num_samples: int) -> int:

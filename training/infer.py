@@ -17,6 +17,7 @@ import numpy as np
 
 from ..engine.interface import frames_from_ms
 from .audio import SAMPLE_RATE, read_audio
+from .blinks import with_blinks
 from .control_values import (
     DEFAULT_EMOTION_HELP, default_emotion, default_level, parse_emotion, parse_level, parse_person,
 )
@@ -65,13 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "low for a calm or neutral face, high for another emotion or auto)")
     parser.add_argument("--person", default="0", help="speaking style, 0..23 (default: 0)")
     parser.add_argument("--lookahead-ms", type=int, default=None, metavar="MS",
-                        help="future audio the model waits for, a multiple of 20 ms (default: the model's own, 40 for "
+                        help="future audio the model waits for, a multiple of 20 ms (default: the model's own, 0 for "
                              "the bundled model; another value needs the train extra)")
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), default=None,
                         help="onnxruntime: the streaming engine (the default for 'default' and engine folders; a "
                              "checkpoint is exported first); torch: the checkpoint's full-context PyTorch pass, the "
                              "reference (the default for a checkpoint folder; needs the train extra)")
     parser.add_argument("--device", default="cpu", help="torch device for --backend torch, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--no-blink", action="store_true",
+                        help="no procedural blinks (by default the eyes blink as emotalk-stream's do: the same seed "
+                             "gives the same blinks, so a streamed and an offline take of one file match)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the blinks (default: 0)")
     add_debug_flag(parser)
     return parser
 
@@ -86,7 +91,8 @@ def _run(args: argparse.Namespace) -> None:
     level = None if args.level is None else parse_level(args.level)  # None: the face's own (default_level)
     audio = read_audio(args.audio, SAMPLE_RATE)
     take = _run_engine(args, audio, level) if on_engine else _run_torch(args, audio, level, lookahead)
-    write_weights(args.out, take.weights, take.fps)
+    weights = take.weights if args.no_blink else with_blinks(take.weights, take.fps, args.seed)
+    write_weights(args.out, weights, take.fps)
     summary = f"{PROG}: {len(take.weights)} frames ({len(audio) / SAMPLE_RATE:.2f} s) -> {args.out}"
     if take.probabilities is not None:
         voice = int(take.probabilities.argmax())

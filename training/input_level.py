@@ -13,6 +13,8 @@ Numpy only: the runtime shares it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 BLOCK = 160  # samples, 10 ms at 16 kHz
@@ -21,6 +23,7 @@ FLOOR_DB = -52.0  # the quietest level tracked: below it nothing is amplified fu
 ATTACK = 0.5  # share of the way to a louder block's level the tracker moves per block (~15 ms)
 RELEASE_DB = 0.03  # dB per block the level falls while blocks are quieter (3 dB/s: pauses keep it)
 MODES = ("raw", "agc")
+_STATE = ("_level_db", "_gain_from", "_gain_to", "_energy")  # a normaliser's per-channel arrays
 
 
 class LevelNormaliser:
@@ -60,6 +63,25 @@ class LevelNormaliser:
         self._gain_from, self._gain_to = self._gain_to, TARGET_DB - self._level_db
         self._filled = 0
         self._energy = np.zeros_like(self._energy)
+
+
+def normalise_together(normalisers: Sequence[LevelNormaliser], rows: np.ndarray) -> np.ndarray:
+    """`rows` (len(normalisers), n), row i the next audio of stream i, normalised by each stream's
+    own control in one batched pass (one call instead of one per stream: the streaming engine's
+    step). Every normaliser must stand at the same place in its block."""
+    filled = {n._filled for n in normalisers}
+    if len(filled) != 1 or any(len(n._level_db) != 1 for n in normalisers):
+        raise ValueError(f"normalise_together needs one-channel normalisers at one place in the block, got {filled}")
+    batch = LevelNormaliser(len(normalisers))
+    batch._filled = filled.pop()
+    for name in _STATE:
+        setattr(batch, name, np.concatenate([getattr(n, name) for n in normalisers]))
+    out = batch.process(rows)
+    for i, normaliser in enumerate(normalisers):
+        normaliser._filled = batch._filled
+        for name in _STATE:
+            setattr(normaliser, name, getattr(batch, name)[i:i + 1].copy())
+    return out
 
 
 def check_mode(mode: str) -> str:

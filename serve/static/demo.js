@@ -1,13 +1,12 @@
 /* emotalk-serve's live demo: the microphone, through an AudioWorklet (capture.js), in ~20 ms
-   Float32 blocks to /v1/stream on this server; the frames that come back drive the face (face.js).
+   Float32 blocks to /v1/stream on this server; the frames that come back drive the face (face.js),
+   and the live controls (controls.js) go along.
    The protocol is in docs/serving.md: hello, ready, binary PCM, {"type":"controls"}, {"type":"end"},
    frames, the final frame, close 1000. */
 "use strict";
 (() => {
   const BLOCK_S = 0.02;
   const WINDOW_MS = 3000;  // latency statistics and the playout delay follow the last 3 s
-  // The engine's face regions (training/blendshapes.py REGIONS; tests/test_serve_page.py compares).
-  const REGIONS = ["brows", "eyes", "cheeks", "jaw", "mouth", "tongue"];
   const INSECURE = "This browser allows the microphone only on https:// pages or on this machine " +
     "(http://localhost, http://127.0.0.1). Start emotalk-serve with --tls-cert FILE --tls-key FILE and open " +
     "https://HOST:PORT/ (docs/serving.md shows how to make a certificate), or open the page on the server's machine.";
@@ -30,41 +29,12 @@
     $("message").className = error ? "error" : "";
   }
 
-  // ---- controls: all of them go in the hello, each change as {"type":"controls"} while live ----
-  const emotion = () => $("emotion").value === "auto" ? "auto"
-    : `${$("emotion").value}:${Number($("strength").value).toFixed(2)}`;
-  const gains = () => Object.fromEntries(REGIONS.map((region) => [region, Number($(`gain-${region}`).value)]));
-  const allControls = () => ({emotion: emotion(), level: Number($("level").value), person: Number($("person").value),
-                              gain: gains(), smoothing: Number($("smoothing").value), blink: $("blink").checked});
+  // ---- controls (controls.js): all of them go in the hello, each change as {"type":"controls"} while live ----
+  const controls = emotalkControls($("controls"), sendControls);
 
   function sendControls(changes) {
-    $("emotion-set").textContent = emotion();
+    $("emotion-set").textContent = controls.emotion();
     if (session && session.ready && !session.ended) session.socket.send(JSON.stringify({type: "controls", ...changes}));
-  }
-
-  function slider(id, send) {
-    const input = $(id), out = $(`${id}-value`);
-    input.addEventListener("input", () => { out.textContent = Number(input.value).toFixed(2); });
-    input.addEventListener("change", send);
-  }
-
-  for (const region of REGIONS) {
-    $("gains").insertAdjacentHTML("beforeend", `<label for="gain-${region}">${region}</label>` +
-      `<input id="gain-${region}" data-region="${region}" type="range" min="0" max="4" step="0.05" value="1">` +
-      `<output id="gain-${region}-value">1.00</output>`);
-    slider(`gain-${region}`, () => sendControls({gain: {[region]: Number($(`gain-${region}`).value)}}));
-  }
-  $("emotion").addEventListener("change", () => sendControls({emotion: emotion()}));
-  slider("strength", () => { if ($("emotion").value !== "auto") sendControls({emotion: emotion()}); });
-  slider("level", () => sendControls({level: Number($("level").value)}));
-  slider("smoothing", () => sendControls({smoothing: Number($("smoothing").value)}));
-  $("person").addEventListener("change", () => sendControls({person: Number($("person").value)}));
-  $("blink").addEventListener("change", () => sendControls({blink: $("blink").checked}));
-  $("controls").addEventListener("submit", (event) => event.preventDefault());
-
-  function listEmotions(labels) {
-    const known = new Set([...$("emotion").options].map((option) => option.value));
-    for (const label of labels.filter((name) => !known.has(name))) $("emotion").add(new Option(label, label));
   }
 
   // ---- a session: microphone -> worklet -> socket; frames -> queue ----
@@ -77,7 +47,7 @@
                          closing: false, blocks: [], samples: 0};
     frames = 0; latest = null; arrivals.length = 0; lags.length = 0; queue.length = 0;
     $("start").disabled = true; $("stop").disabled = false;
-    $("emotion-set").textContent = emotion();
+    $("emotion-set").textContent = controls.emotion();
     show("starting", "wait", "Asking for the microphone…");
     let problem = null;
     try {
@@ -93,7 +63,7 @@
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     s.socket = new WebSocket(`${scheme}//${location.host}/v1/stream${tokenQuery}`);
     s.socket.onopen = () => s.socket.send(JSON.stringify({type: "hello", sample_rate: context.sampleRate,
-      format: "f32le", channels: 1, frames: "json", controls: allControls()}));
+      format: "f32le", channels: 1, frames: "json", controls: controls.all()}));
     s.socket.onmessage = (event) => receive(s, JSON.parse(event.data));
     s.socket.onclose = (event) => closed(s, event);
     show("connecting", "wait", "Connecting…");
@@ -114,7 +84,7 @@
   function receive(s, message) {
     if (message.type === "ready") {
       s.ready = message;
-      listEmotions(message.emotions);
+      controls.addEmotions(message.emotions);
       $("fps-stream").textContent = `(stream ${message.fps})`;
       capture(s);
       show("live", "on", "Live: speak, and the face follows. Stop ends the session.");

@@ -1,5 +1,5 @@
 /* The stream viewer (index.html): frames from ws://<this host>/ws drive the drawn face (face.js) or a
-   VRM avatar (avatar.js, loaded only for one); the 52 weights as bars; every live control; and, for
+   VRM avatar (avatar.js, loaded only for one); the 52 weights as bars; every live control (controls.js); and, for
    a --wav source, its audio played in sync with the face. docs/viewer.md describes it all.
 
    ?token=T   passed on to the socket, the model and the audio, for a stream started with --token
@@ -10,7 +10,6 @@ const RESYNC_S = 0.3;       // live audio that strays further than this from tha
 const LIVE_RATE_MAX = 1.5;  // frames coming faster than this many seconds a second are a file sent at full speed
 const KEEP_S = 15 * 60;     // frames kept for the audio, as long as the longest audio the server offers
 const START_AHEAD_S = 0.05; // audio is scheduled this far ahead, so that its start time is known exactly
-const REGIONS = ["brows", "eyes", "cheeks", "jaw", "mouth", "tongue"];
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
@@ -111,48 +110,11 @@ function showReply(sent, reply) {
   line.textContent = `${sent} → ` + (reply.ok ? "ok" : `error: ${reply.error}`);
 }
 
-const emotionSetting = () => $("emotion").value === "auto" ? "auto"
-  : `${$("emotion").value}:${Number($("strength").value).toFixed(2)}`;
-
-function slider(id, send) {
-  const input = $(id), out = $(`${id}-value`);
-  input.addEventListener("input", () => { out.textContent = Number(input.value).toFixed(2); });
-  input.addEventListener("change", send);
-}
-
-for (const region of REGIONS) {
-  $("gains").insertAdjacentHTML("beforeend", `<label for="gain-${region}">${region}</label>` +
-    `<input id="gain-${region}" type="range" min="0" max="4" step="0.05" value="1">` +
-    `<output id="gain-${region}-value">1.00</output>`);
-  slider(`gain-${region}`, () => sendControl({gain: {[region]: Number($(`gain-${region}`).value)}}));
-}
-$("emotion").addEventListener("change", () => sendControl({emotion: emotionSetting()}));
-slider("strength", () => { if ($("emotion").value !== "auto") sendControl({emotion: emotionSetting()}); });
-slider("level", () => sendControl({level: Number($("level").value)}));
-slider("smoothing", () => sendControl({smoothing: Number($("smoothing").value)}));
-slider("head_motion", () => sendControl({head_motion: Number($("head_motion").value)}));
-slider("eye_motion", () => sendControl({eye_motion: Number($("eye_motion").value)}));
-$("person").addEventListener("change", () => sendControl({person: Number($("person").value)}));
-$("blink").addEventListener("change", () => sendControl({blink: $("blink").checked}));
-$("controls").addEventListener("submit", (event) => event.preventDefault());
+const form = emotalkControls($("controls"), sendControl, {motion: true});  // controls.js
 
 function showControls(state) {
   controls = state;
-  const [label, strength] = state.emotion.split(":");
-  for (const name of ["auto", ...state.labels]) {
-    if (![...$("emotion").options].some((option) => option.value === name)) $("emotion").add(new Option(name, name));
-  }
-  const values = {emotion: label, strength: strength === undefined ? 1 : Number(strength), level: state.level,
-                  person: state.person, smoothing: state.smoothing, head_motion: state.head_motion,
-                  eye_motion: state.eye_motion,
-                  ...Object.fromEntries(REGIONS.map((region) => [`gain-${region}`, state.gain[region]]))};
-  for (const [id, value] of Object.entries(values)) {
-    if (value === undefined || document.activeElement === $(id)) continue;  // not under the user's hand
-    $(id).value = value;
-    if ($(`${id}-value`)) $(`${id}-value`).textContent = Number(value).toFixed(2);
-  }
-  $("person").max = state.persons - 1;
-  if (document.activeElement !== $("blink")) $("blink").checked = state.blink;
+  form.show(state);
 }
 
 function showEmotion() {  // the emotion in effect: the one set, or the voice's when it is auto
