@@ -159,10 +159,11 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
         results = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
         if kept is not None:
             results = {name: value[kept] for name, value in results.items()}
+        written = rows if rows is not None and kept is None else slots  # the pool rows the new states go to
         for spec in self.interface.states:
             value = results[state_output(spec.name)]
             if spec.ring_axis is None:
-                self.pools[spec.name][slots if kept is not None or rows is None else rows] = value
+                self.pools[spec.name][written] = value
             else:
                 write_ring_rows(self.pools[spec.name], slots, value, results[ring_index(spec.name)], spec.ring_axis)
         return {spec.name: results[spec.name] for spec in self.interface.outputs}

@@ -232,8 +232,10 @@ class Engine:
         self._rest_faces: dict[tuple[float, int], np.ndarray] = {}
         self._rest_lock = threading.Lock()
         self._rest_engine: Engine | None = None
-        self._free: list[int] = []  # a heap: a new stream takes the lowest free slot, so the streams'
-        self._next_slot = 0         # state rows stay close together (backends read consecutive rows best)
+        # Free slots as a heap: a new stream takes the lowest, so the streams' state rows stay close
+        # together (backends read consecutive rows in place, `backends.COVER_SPAN`).
+        self._free: list[int] = []
+        self._next_slot = 0
 
     @property
     def hop_ms(self) -> int:
@@ -454,7 +456,7 @@ class Engine:
             return audio
         places: dict[tuple[int, int], list[int]] = {}
         for i, (stream, zeros) in enumerate(zip(group, leading)):
-            places.setdefault((zeros, stream._gain_control._filled), []).append(i)
+            places.setdefault((zeros, stream._gain_control.place), []).append(i)
         for (zeros, _), rows in places.items():
             audio[rows, zeros:] = normalise_together([group[i]._gain_control for i in rows], audio[rows, zeros:])
         return audio

@@ -16,7 +16,8 @@ sockets meanwhile) and queues each session's new frames. Streams are created, fe
 closed only between two steps: a `Stream` and the engine's state pools are not thread-safe.
 
 Frames are the streamer's (streamer/pipeline.py): the frame clock, face post-processing (smoothing,
-blinks), the voice's emotion label, and a final neutral frame one past the last frame of the audio.
+blinks), speech-driven head and eye motion, the voice's emotion label, and a final neutral frame one
+past the last frame of the audio.
 A session whose consumer stops reading is held back (its queue full, it sits out the steps) and
 dropped after `STALL_S`; a session the engine fails on ends alone. Neither slows the others.
 """
@@ -37,6 +38,7 @@ from ..engine import Controls, Engine, Stream
 from ..streamer.clock import FrameClock
 from ..streamer.face import FacePost, FaceSettings, check_smoothing
 from ..streamer.frames import OutFrame, neutral_frame
+from ..streamer.head_motion import MotionModel
 from ..training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class Session:
         self._controls = controls
         self._new_controls: Controls | None = None  # applied to the stream between two steps
         self._post = FacePost(hub.fps, face, seed)
+        self._motion = MotionModel(hub.fps, seed)
         self._clock = FrameClock(hub.engine.cfg.fps, hub.fps, hub.engine.sample_rate)
         self._stream: Stream | None = None  # created between two steps
         self._inbox: list[np.ndarray] = []
@@ -191,9 +194,11 @@ class Session:
         labels = self._hub.engine.cfg.emotion_labels
         emotion = None if self._probabilities is None else labels[int(np.argmax(self._probabilities))]
         for index, seconds, weights in ready:
-            self._queue.append(OutFrame(index, seconds, self.fps, self._post(seconds, weights), emotion=emotion))
+            shown, face = self._post(seconds, weights), self._post.settings
+            motion = self._motion(seconds, shown, face.head_motion, face.eye_motion)
+            self._queue.append(OutFrame(index, seconds, self.fps, shown, emotion=emotion, motion=motion))
         if finished:
-            self._queue.append(neutral_frame(self._clock.next_index, self.fps))
+            self._queue.append(neutral_frame(self._clock.next_index, self.fps, self._motion.rest()))
             self._ended = True
         if ready or finished:
             self._hub.frames += len(ready) + finished

@@ -17,8 +17,8 @@ class OutFrame:
     `weights`: (52,) float32 in [0, 1], EmoTalk order (`blendshapes.NAMES`); sinks map them by
     name. `final` marks the neutral frame every sink gets when the stream stops, one frame past
     the last frame of the audio. `emotion` is the voice's most likely emotion label, if known.
-    `motion`: the head's and eyes' angles (`head_motion.py`), None where nothing computes them
-    (`emotalk-serve`); sinks send the rest pose where a protocol needs one.
+    `motion`: the head's and eyes' angles (`head_motion.py`), None where nothing computes them;
+    sinks send the rest pose where a protocol needs one.
     """
 
     index: int

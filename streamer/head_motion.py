@@ -180,7 +180,8 @@ class _Head:
             peak = np.array([rng.uniform(*SETTLE_PITCH), rng.normal(0.0, NOD_TURN_TILT), tilt])
             self._gestures.append(_Gesture(time, rng.uniform(*SETTLE_S), peak))
         self._gestures = [g for g in self._gestures if time <= g.start + g.duration]
-        raw = SWAY * talk * np.sin(2.0 * math.pi * self._hz * time + self._phase).mean(axis=1)
+        waves = np.sin(2.0 * math.pi * self._hz * time + self._phase)
+        raw = SWAY * talk * ((waves[:, 0] + waves[:, 1]) / 2)  # the mean of each axis's two waves
         for gesture in self._gestures:
             raw = raw + gesture.at(time)
         return HEAD_LIMIT * np.tanh(raw / HEAD_LIMIT)
@@ -247,7 +248,8 @@ class MotionModel:
         amounts (0 off, 1 natural; `face.check_motion`)."""
         stress, phrase_end = self._speech.update(time, float(weights[JAW]))
         head = self._head.angles(time, self._speech.talk, stress, phrase_end)
-        lids = float(np.mean(weights[list(BLINK_CHANNELS)]))
+        left, right = BLINK_CHANNELS
+        lids = float((weights[left] + weights[right]) / 2)
         eyes = self._eyes.angles(time, self._speech.talk > 0.5, lids, phrase_end)
         before = self._amounts or [head_amount, eye_amount]
         self._amounts = [_ramp(now, target, self._dt) for now, target in zip(before, (head_amount, eye_amount))]

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from emotalk_stream.training.audio import read_audio
-from emotalk_stream.training.input_level import BLOCK, FLOOR_DB, TARGET_DB, LevelNormaliser, model_input
+from emotalk_stream.training.input_level import (
+    BLOCK, FLOOR_DB, TARGET_DB, LevelNormaliser, model_input, normalise_together,
+)
 from emotalk_stream.training.model_files import SAMPLE_SPEECH
 
 
@@ -29,6 +31,21 @@ def test_a_batch_equals_each_clip_alone(speech):
     batch = model_input(clips, "agc")
     for row, clip in zip(batch, clips):
         assert np.array_equal(row, model_input(clip, "agc"))
+
+
+def test_streams_normalised_together_equal_each_alone(speech):
+    """The engine's step: each stream's next 320 samples in one batched pass, streams starting 40
+    samples in (the step's leading zeros), as each stream's own normaliser gives them."""
+    clips = [speech, 0.05 * speech[::-1].copy(), np.zeros_like(speech)]
+    together, alone = [LevelNormaliser() for _ in clips], [LevelNormaliser() for _ in clips]
+    got, want = [], []
+    for start, stop in [(0, 40), *((s, s + 320) for s in range(40, 16000, 320))]:
+        got.append(normalise_together(together, np.stack([clip[start:stop] for clip in clips])))
+        want.append(np.stack([n.process(clip[start:stop]) for n, clip in zip(alone, clips)]))
+    assert np.array_equal(np.concatenate(got, axis=1), np.concatenate(want, axis=1))
+    assert {n.place for n in together} == {40}
+    with pytest.raises(ValueError, match="one place in the block"):
+        normalise_together([LevelNormaliser(), together[0]], np.zeros((2, 320), np.float32))
 
 
 @pytest.mark.parametrize("gain_db", [-24.0, -12.0, 6.0])

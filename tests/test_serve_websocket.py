@@ -124,9 +124,14 @@ def test_a_session_with_json_frames_and_controls(engine: Engine) -> None:
     errors = [json.loads(m) for m in messages if '"type":"error"' in m]
     assert len(errors) == 1 and "bored" in errors[0]["reason"]  # refused, and the session went on
     text = [m for m in messages if '"type":"error"' not in m]
-    first = json.loads(text[0])
-    assert set(first) == {"type", "frame", "time", "fps", "weights", "emotion", "final"}
+    first, last = json.loads(text[0]), json.loads(text[-1])
+    assert set(first) == {"type", "frame", "time", "fps", "weights", "head", "eyes", "emotion", "final"}
     assert list(first["weights"]) == list(NAMES)
+    # speech-driven head and eye motion, as the streamer's: the head moves while the voice speaks,
+    # and the final frame rests
+    pitches = [json.loads(m)["head"]["pitch"] for m in text]
+    assert max(pitches) - min(pitches) > 0.5 and last["final"]
+    assert last["head"] == {"pitch": 0.0, "yaw": 0.0, "roll": 0.0} and last["eyes"] == {"pitch": 0.0, "yaw": 0.0}
     frames = frames_of(text, ready["emotions"])
     check_frames(frames, 2.0)
     assert max(f.weights[INDEX["jawOpen"]] for f in frames) > 0.1

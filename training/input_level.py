@@ -37,6 +37,11 @@ class LevelNormaliser:
         self._energy = np.zeros(channels)  # sum of squares of the current block so far
         self._filled = 0  # samples of the current block seen so far
 
+    @property
+    def place(self) -> int:
+        """Samples of the current 10 ms block seen so far."""
+        return self._filled
+
     def process(self, samples: np.ndarray) -> np.ndarray:
         x = np.asarray(samples, dtype=np.float64)
         rows = np.atleast_2d(x)
@@ -69,7 +74,7 @@ def normalise_together(normalisers: Sequence[LevelNormaliser], rows: np.ndarray)
     """`rows` (len(normalisers), n), row i the next audio of stream i, normalised by each stream's
     own control in one batched pass (one call instead of one per stream: the streaming engine's
     step). Every normaliser must stand at the same place in its block."""
-    filled = {n._filled for n in normalisers}
+    filled = {n.place for n in normalisers}
     if len(filled) != 1 or any(len(n._level_db) != 1 for n in normalisers):
         raise ValueError(f"normalise_together needs one-channel normalisers at one place in the block, got {filled}")
     batch = LevelNormaliser(len(normalisers))

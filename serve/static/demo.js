@@ -30,7 +30,7 @@
   }
 
   // ---- controls (controls.js): all of them go in the hello, each change as {"type":"controls"} while live ----
-  const controls = emotalkControls($("controls"), sendControls);
+  const controls = emotalkControls($("controls"), sendControls, {motion: true});
 
   function sendControls(changes) {
     $("emotion-set").textContent = controls.emotion();
