@@ -224,6 +224,22 @@ async def open_session(url: str) -> None:
         pass
 
 
+async def until_routed_to_all(url: str, port: int, seconds: float) -> None:
+    """Until the proxy's router sends sessions to every replica /stats reports: a replacement
+    replica is up (and in /stats) a little before the proxy routes to it. Two sessions held at
+    once go to two replicas as soon as the router knows both."""
+    deadline = time.monotonic() + seconds
+    live = {r["replica"] for r in stats(port)["replicas"]}
+    while True:
+        held = [await connect(url, additional_headers=AUTH, open_timeout=30) for _ in live]
+        routed = {ws.response.headers[REPLICA_HEADER] for ws in held}
+        await asyncio.gather(*(ws.close() for ws in held))
+        if routed == live:
+            return
+        assert time.monotonic() < deadline, f"sessions went to {routed} of {live} after {seconds:.0f} s"
+        await asyncio.sleep(0.5)
+
+
 async def fill_up(url: str) -> tuple[int, tuple[int | None, str]]:
     """Sessions that say hello and wait, until one is refused: how many got in, and the refusal.
     The router sends each to the least busy replica, so every replica is full by then."""
@@ -278,6 +294,7 @@ def test_two_replicas_on_two_nodes_survive_one_killed_mid_stream(cluster: Cluste
             assert (o.code, o.lost, o.final) == (NORMAL, 0, True), o
 
         wait_for_replicas(port, 2, victim, START_S)  # Serve has replaced the killed one
+        asyncio.run(until_routed_to_all(url, port, START_S))
         opened, refusal = asyncio.run(fill_up(url))
         assert opened >= 2 * MAX_STREAMS, "the router fills every replica before one refuses"
         assert refusal == (TRY_LATER, f"server full ({MAX_STREAMS} of {MAX_STREAMS} sessions): try again later")
