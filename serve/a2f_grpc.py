@@ -156,7 +156,7 @@ class _Call:
 
     def open(self) -> Session:
         try:
-            self.session = self.hub.open()
+            self.session = self.hub.open(motion=False)  # A2F-3D frames have no head or eyes
         except SessionRefused as exc:
             raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.reason) from None
         self.base = self.session.controls

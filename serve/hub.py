@@ -66,7 +66,8 @@ class SessionRefused(Exception):
 class Session:
     """One speaker: audio in, frames out. Made by `SessionHub.open`."""
 
-    def __init__(self, hub: "SessionHub", session_id: str, controls: Controls, face: FaceSettings, seed: int):
+    def __init__(self, hub: "SessionHub", session_id: str, controls: Controls, face: FaceSettings, seed: int,
+                 motion: bool = True):
         self.id = session_id
         self.fps = hub.fps
         self.error: str | None = None
@@ -74,7 +75,7 @@ class Session:
         self._controls = controls
         self._new_controls: Controls | None = None  # applied to the stream between two steps
         self._post = FacePost(hub.fps, face, seed)
-        self._motion = MotionModel(hub.fps, seed)
+        self._motion = MotionModel(hub.fps, seed) if motion else None
         self._clock = FrameClock(hub.engine.cfg.fps, hub.fps, hub.engine.sample_rate)
         self._stream: Stream | None = None  # created between two steps
         self._inbox: list[np.ndarray] = []
@@ -195,10 +196,11 @@ class Session:
         emotion = None if self._probabilities is None else labels[int(np.argmax(self._probabilities))]
         for index, seconds, weights in ready:
             shown, face = self._post(seconds, weights), self._post.settings
-            motion = self._motion(seconds, shown, face.head_motion, face.eye_motion)
+            motion = None if self._motion is None else self._motion(seconds, shown, face.head_motion, face.eye_motion)
             self._queue.append(OutFrame(index, seconds, self.fps, shown, emotion=emotion, motion=motion))
         if finished:
-            self._queue.append(neutral_frame(self._clock.next_index, self.fps, self._motion.rest()))
+            rest = None if self._motion is None else self._motion.rest()
+            self._queue.append(neutral_frame(self._clock.next_index, self.fps, rest))
             self._ended = True
         if ready or finished:
             self._hub.frames += len(ready) + finished
@@ -261,8 +263,11 @@ class SessionHub:
             self._live.pop(session.id)
         self._executor.shutdown(wait=False)
 
-    def open(self, controls: Controls | None = None, face: FaceSettings | None = None) -> Session:
-        """A new session; raises `SessionRefused` when the hub is full or stopping, `UserError` on bad controls."""
+    def open(self, controls: Controls | None = None, face: FaceSettings | None = None, *, motion: bool = True) -> Session:
+        """A new session; raises `SessionRefused` when the hub is full or stopping, `UserError` on bad controls.
+
+        `motion`: compute head and eye motion for its frames (JSON frames send it; binary frames and
+        the A2F-3D API have no place for it, and it costs about 30 us a frame)."""
         if self._stopping:
             raise SessionRefused("server shutting down: try again later")
         if self.sessions >= self.max_streams:
@@ -270,7 +275,7 @@ class SessionHub:
             raise SessionRefused(f"server full ({self.sessions} of {self.max_streams} sessions): try again later")
         controls, face = controls or Controls(), face or FaceSettings()
         self._check(controls, face)
-        session = Session(self, secrets.token_hex(8), controls, face, self._seed + self._opened)
+        session = Session(self, secrets.token_hex(8), controls, face, self._seed + self._opened, motion)
         self._opened += 1
         self._live[session.id] = session
         self._wake.set()

@@ -149,7 +149,7 @@ class StreamServer:
         if self._stopping:
             raise ProtocolError(GOING_AWAY, "server shutting down")
         try:
-            session = self.hub.open(controls, face)
+            session = self.hub.open(controls, face, motion=not hello.binary_frames)
         except SessionRefused as exc:
             raise ProtocolError(TRY_LATER, exc.reason) from None
         log.info("session %s from %s: %d Hz %s, %d channel(s)", session.id, peer, hello.sample_rate, hello.format,
