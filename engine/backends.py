@@ -44,6 +44,7 @@ class Backend(ABC):
 
     name: str = ""
     max_batch: int | None = None  # largest batch one run accepts (a TensorRT profile); None = any
+    concurrent_runs: bool = False  # runs of disjoint slots may overlap on two threads
 
     def __init__(self, interface: StepInterface):
         self.interface = interface
@@ -101,6 +102,7 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
     """The exported ONNX step on ONNX Runtime's CPU provider."""
 
     name = "onnxruntime"
+    concurrent_runs = True  # an InferenceSession runs concurrent calls; each writes only its own slots' rows
 
     def __init__(self, onnx_path: Path, interface: StepInterface, threads: int | None = None,
                  model: bytes | None = None):
@@ -138,10 +140,13 @@ class OnnxRuntimeBackend(IndexedPoolBackend):
     def _state_rows(self, name: str, slots: np.ndarray, rows: slice | None) -> np.ndarray:
         """The pool rows of `slots`: a view when they are consecutive, else gathered into a buffer
         kept from step to step. A new array each step cost more than the copy (fresh pages,
-        about 60 MB a step at 48 streams: a step took 41 ms instead of 12)."""
+        about 60 MB a step at 48 streams: a step took 41 ms instead of 12). Each run gathers into
+        the buffer's rows from its first slot on, so concurrent runs of disjoint slot ranges do
+        not share rows."""
         if rows is not None:
             return self.pools[name][rows]
-        return np.take(self.pools[name], slots, axis=0, out=self._gathered[name][:len(slots)], mode="clip")
+        start = int(slots[0])
+        return np.take(self.pools[name], slots, axis=0, out=self._gathered[name][start:start + len(slots)], mode="clip")
 
     def spare(self) -> "OnnxRuntimeBackend":
         return OnnxRuntimeBackend(self.path, self.interface, self.threads, self.model)

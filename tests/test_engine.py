@@ -13,7 +13,7 @@ import torch
 
 from emotalk_stream.engine import artifact
 from emotalk_stream.engine.backends import OnnxRuntimeBackend
-from emotalk_stream.engine.engine import Controls, Engine
+from emotalk_stream.engine.engine import PARALLEL_MIN, Controls, Engine
 from emotalk_stream.engine.interface import PREROLL
 from emotalk_stream.engine.onnx_export import export_onnx
 from emotalk_stream.engine.small_step import SmallStreamingStep, step_interface
@@ -147,6 +147,29 @@ def test_steps_over_scattered_slots_give_each_stream_its_own_frames(clips: list[
         step += 1
     for i, (stream, clip) in enumerate(zip(live, audio)):
         alone = engine.process([clip], Controls(person=stream.slot))[0]
+        np.testing.assert_allclose(np.stack([f.weights for f in stream.frames()]), alone, atol=1e-5)
+
+
+def test_a_large_step_run_as_two_halves_gives_each_stream_its_own_frames(clips: list[np.ndarray],
+                                                                         onnx_engine_dir: Path) -> None:
+    """2 x PARALLEL_MIN streams and more: ONNX Runtime runs the step's two halves on two threads at
+    once, each gathering its rows (every other slot is free); every stream still gets the frames it
+    gets alone."""
+    engine = Engine.from_artifact(onnx_engine_dir)
+    count = 2 * PARALLEL_MIN + 2
+    streams = [engine.create_stream(Controls(person=i % 24)) for i in range(2 * count)]
+    for gone in streams[1::2]:
+        gone.close()
+    streams = streams[::2]
+    audio = [clips[i % len(clips)][4000 * (i % 3):4000 * (i % 3) + 16000] for i in range(count)]
+    for stream, clip in zip(streams, audio):
+        stream.accept_waveform(16000, clip)
+        stream.input_finished()
+    assert engine.backend.concurrent_runs and len(engine._split([np.array([s.slot for s in streams])])) == 2
+    while not all(s.done for s in streams):
+        engine.step(streams)
+    for stream, clip in zip(streams[::5], audio[::5]):
+        alone = engine.process([clip], Controls(person=stream.controls.person))[0]
         np.testing.assert_allclose(np.stack([f.weights for f in stream.frames()]), alone, atol=1e-5)
 
 
