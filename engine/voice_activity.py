@@ -252,12 +252,12 @@ def mouth_gates(probabilities: Sequence[np.ndarray], frame_times: Sequence[np.nd
     stop = np.minimum(np.minimum(stop, available), np.repeat([len(p) for p in probabilities], counts))
     # Only the chunks a stream's frames can reach take part: from its first frame's first chunk
     # (times increase) to the furthest stop, laid end to end.
-    ends = np.cumsum(counts)
-    lows, highs = first[np.minimum(ends - np.asarray(counts), len(times) - 1)].tolist(), [0] * len(counts)
-    end = 0
-    for i, (count, low) in enumerate(zip(counts, lows)):
-        highs[i] = max(low, int(stop[end:end + count].max(initial=low))) if count else low
-        end += count
+    lows, highs, start = [], [], 0
+    for count in counts:
+        low = int(first[start]) if count else 0
+        lows.append(low)
+        highs.append(int(stop[start:start + count].max(initial=low)))
+        start += count
     tails = [np.asarray(p, dtype=np.float32).reshape(-1)[low:high] for p, low, high in zip(probabilities, lows, highs)]
     flat = np.concatenate([*tails, np.zeros(1, np.float32)])
     base = np.repeat(np.cumsum([0, *map(len, tails)])[:-1] - np.asarray(lows), counts)
