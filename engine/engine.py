@@ -232,6 +232,9 @@ class Engine:
         self.voice_model = VoiceActivityModel.shared()
         self._voice_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emotalk voice activity")
         self._step_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emotalk step")
+        # Whether a large step may use a second core (`_split`). Off where another process has that
+        # core: emotalk-serve's workers, one per core, held 60 sessions without it and 47 with it.
+        self.split_large_steps = True
         self._rest_faces: dict[tuple[float, int], np.ndarray] = {}
         self._rest_lock = threading.Lock()
         self._rest_engine: Engine | None = None
@@ -438,7 +441,7 @@ class Engine:
     def _split(self, runs: list[np.ndarray]) -> list[np.ndarray]:
         """Each run of at least `2 * PARALLEL_MIN` slots as two halves, where the backend can run
         them at once (the halves' slots are apart, so are the state rows they write)."""
-        if not self.backend.concurrent_runs:
+        if not (self.backend.concurrent_runs and self.split_large_steps):
             return runs
         return [half for slots in runs
                 for half in (np.array_split(slots, 2) if len(slots) >= 2 * PARALLEL_MIN else [slots])]

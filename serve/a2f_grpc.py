@@ -387,15 +387,16 @@ class A2FControllerService(service_pb.A2FControllerServiceServicer):
 
 
 async def start_grpc(hub: SessionHub, host: str, port: int, token: str | None,
-                     tls: tuple[Path, Path] | None, *, idle_s: float = IDLE_S) -> grpc.aio.Server:
+                     tls: tuple[Path, Path] | None, *, idle_s: float = IDLE_S, shared_port: bool = False) -> grpc.aio.Server:
     """The A2F-3D service and gRPC health checking, started on host:port (TLS with (cert, key));
-    a call that sends nothing for `idle_s` seconds is ended.
+    a call that sends nothing for `idle_s` seconds is ended. `shared_port`: the server's worker
+    processes each listen on the port (SO_REUSEPORT; the command checked that it was free).
 
     Call from the hub's event loop; `UserError` with one line when the port cannot be had."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),  # else a second server binds a port in use without an error
+        ("grpc.so_reuseport", int(shared_port)),  # else a second server binds a port in use without an error
     ])
     service_pb.add_A2FControllerServiceServicer_to_server(A2FControllerService(hub, token, idle_s), server)
     health = health_aio.HealthServicer()
@@ -416,5 +417,4 @@ async def start_grpc(hub: SessionHub, host: str, port: int, token: str | None,
         raise UserError(f"cannot listen for gRPC on {address}: the port is in use or the address is not "
                         f"this machine's (choose another with --grpc-port)") from None
     await server.start()
-    log.info("A2F-3D gRPC service on %s%s", address, " (TLS)" if tls else "")
     return server

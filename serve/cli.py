@@ -15,9 +15,11 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +29,10 @@ from ..training.errors import UserError, add_debug_flag, run_cli
 
 if TYPE_CHECKING:
     from ..engine import Engine
-    from .hub import SessionHub
     from .websocket_server import StreamServer
+    from .workers import WorkerBoard
 
-    GrpcStarter = Callable[[SessionHub, str, int, str | None, tuple[Path, Path] | None], Awaitable[Any]]
+    GrpcStarter = Callable[..., Awaitable[Any]]  # serve/a2f_grpc.py's start_grpc
 
 PROG = "emotalk-serve"
 DEFAULT_GRPC_PORT = 52000  # Audio2Face-3D NIM's port
@@ -59,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-streams", type=int, default=64, metavar="N",
                         help="sessions at once; more are refused (WebSocket close 1013) (default 64)")
+    limits.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes sharing the port, each with its own engine: one uses at most about 1.3 "
+                             "cores, so give one per core to serve more sessions (default 1; docs/serving.md)")
     limits.add_argument("--idle-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="close a client that sends nothing this long (default 10)")
     ray = p.add_argument_group("Ray Serve: replicas on a Ray cluster, each with its own engine (docs/serving-ray.md)")
@@ -88,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     context = ssl_context(tls) if tls else None
     if args.max_streams < 1:
         raise UserError(f"--max-streams {args.max_streams}: give 1 or more")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: give 1 or more")
     if not args.idle_timeout > 0:
         raise UserError(f"--idle-timeout {args.idle_timeout}: give a number of seconds above 0")
     for option, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
@@ -95,12 +102,25 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{option} {port}: give a port from 1 to 65535 (0: any free port)")
     from .ray_launch import serve_on_ray, uses_ray  # Ray itself is imported only with --ray
     if uses_ray(args):
+        if args.workers > 1:
+            raise UserError("--workers is for the plain server; on Ray give --replicas")
         return serve_on_ray(args, token, tls)
     start_grpc = grpc_starter(args)
     from ..streamer.launch import load_engine  # the model, only once the arguments are good
-    engine = load_engine(args)
-    asyncio.run(serve(args, engine, token, tls, context, start_grpc))
-    return 0
+    if args.workers == 1:
+        asyncio.run(serve(args, load_engine(args), token, tls, context, start_grpc))
+        return 0
+    from .workers import free_grpc_port, serve_in_workers
+    if start_grpc is not None:
+        args.grpc_port = free_grpc_port(args.host, DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port)
+
+    def worker(listener: socket.socket, board: "WorkerBoard", ready: Connection) -> int:
+        engine = load_engine(args)
+        engine.split_large_steps = False  # the other workers have the other cores
+        asyncio.run(serve(args, engine, token, tls, context, start_grpc, listener=listener, board=board,
+                          on_ready=lambda: ready.send(True)))
+        return 0
+    return serve_in_workers(args, worker)
 
 
 def check_token(token: str | None) -> str | None:
@@ -151,12 +171,17 @@ def grpc_starter(args: argparse.Namespace) -> "GrpcStarter | None":
 
 
 async def serve(args: argparse.Namespace, engine: "Engine", token: str | None, tls: tuple[Path, Path] | None,
-                context: ssl.SSLContext | None, start_grpc: "GrpcStarter | None") -> None:
-    """Serve until Ctrl-C, SIGTERM or Ctrl-Break, then finish every session."""
+                context: ssl.SSLContext | None, start_grpc: "GrpcStarter | None", *,
+                listener: socket.socket | None = None, board: "WorkerBoard | None" = None,
+                on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until Ctrl-C, SIGTERM or Ctrl-Break, then finish every session. A worker process
+    (serve/workers.py) serves the shared `listener`, counts on the shared `board`, and calls
+    `on_ready` once it serves; only the first one announces the addresses."""
     from .hub import SessionHub
     from .websocket_server import StreamServer
-    hub = SessionHub(engine, max_streams=args.max_streams)
-    server = StreamServer(hub, args.host, args.port, token=token, ssl_context=context, idle_timeout=args.idle_timeout)
+    hub = SessionHub(engine, max_streams=args.max_streams, board=board)
+    server = StreamServer(hub, args.host, args.port, token=token, ssl_context=context, idle_timeout=args.idle_timeout,
+                          sock=listener)
     grpc_server = None
     with _stop_on_signals(asyncio.get_running_loop()) as stop:
         await hub.start()
@@ -164,8 +189,11 @@ async def serve(args: argparse.Namespace, engine: "Engine", token: str | None, t
             await server.start()
             if start_grpc is not None:
                 port = DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port
-                grpc_server = await start_grpc(hub, args.host, port, token, tls)
-            _announce(server, args, token, grpc_server is not None)
+                grpc_server = await start_grpc(hub, args.host, port, token, tls, shared_port=board is not None)
+            if board is None or board.worker == 0:
+                _announce(server, args, token, grpc_server is not None)
+            if on_ready is not None:
+                on_ready()
             await stop.wait()
             log.info("stopping: finishing %d session(s)", hub.sessions)
         finally:
@@ -182,7 +210,8 @@ def _announce(server: "StreamServer", args: argparse.Namespace, token: str | Non
     log.info("page at %s, health at %shealth, stats at %sstats%s", server.page_url, server.page_url,
              server.page_url, query)
     if grpc_on:
-        log.info("Audio2Face-3D gRPC at %s:%d", args.host, DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port)
+        log.info("Audio2Face-3D gRPC at %s:%d%s", args.host, DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port,
+                 " (TLS)" if server.url.startswith("wss") else "")
     if all_interfaces(args.host):
         if token:
             log.info("listening on every network interface: only clients with the token get in%s",

@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from ..streamer.face import FacePost, FaceSettings, check_smoothing
 from ..streamer.frames import OutFrame, neutral_frame
 from ..streamer.head_motion import MotionModel
 from ..training.errors import UserError
+
+if TYPE_CHECKING:
+    from .workers import WorkerBoard
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +221,15 @@ class Session:
 class SessionHub:
     """Sessions on one shared engine, decoded together by one batching loop."""
 
-    def __init__(self, engine: Engine, *, max_streams: int = 64, frame_queue: int = 256, seed: int = 0) -> None:
+    def __init__(self, engine: Engine, *, max_streams: int = 64, frame_queue: int = 256, seed: int = 0,
+                 board: "WorkerBoard | None" = None) -> None:
+        """`board`: the shared counters of a server's worker processes (serve/workers.py): the
+        sessions of all of them count against `max_streams`, and `stats()` answers for all."""
         if max_streams < 1 or frame_queue < 1:
             raise UserError(f"max_streams {max_streams} and frame_queue {frame_queue} must be 1 or more")
         self.engine = engine
         self.max_streams = max_streams
+        self._board = board
         self.frame_queue = frame_queue
         self.fps = engine.cfg.fps
         self._seed = seed
@@ -243,7 +251,10 @@ class SessionHub:
         return sum(not s._closed for s in self._live.values())
 
     async def start(self) -> None:
-        """Start the batching loop on the running event loop."""
+        """Start the batching loop on the running event loop. The default controls' rest face is
+        found first: found by the first session instead, it held the loop (and every session
+        opening with it) for about half a second, a backlog a loaded server took seconds to work off."""
+        self._check(Controls(), None)
         self._started = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="emotalk-serve batching loop")
 
@@ -262,7 +273,7 @@ class SessionHub:
                 await self._task
         for session in list(self._live.values()):  # never started: nothing was decoded
             session.close("server shutting down")
-            self._live.pop(session.id)
+            self._remove(session)
         self._executor.shutdown(wait=False)
 
     def open(self, controls: Controls | None = None, face: FaceSettings | None = None, *, motion: bool = True) -> Session:
@@ -272,11 +283,12 @@ class SessionHub:
         the A2F-3D API have no place for it, and it costs about 30 us a frame)."""
         if self._stopping:
             raise SessionRefused("server shutting down: try again later")
-        if self.sessions >= self.max_streams:
-            self.refused += 1
-            raise SessionRefused(f"server full ({self.sessions} of {self.max_streams} sessions): try again later")
         controls, face = controls or Controls(), face or FaceSettings()
         self._check(controls, face)
+        held = self.sessions if self._board is None else self._board.take_seat(self.max_streams)
+        if held >= self.max_streams:
+            self.refused += 1
+            raise SessionRefused(f"server full ({held} of {self.max_streams} sessions): try again later")
         session = Session(self, secrets.token_hex(8), controls, face, self._seed + self._opened, motion)
         self._opened += 1
         self._live[session.id] = session
@@ -284,7 +296,12 @@ class SessionHub:
         return session
 
     def stats(self) -> dict:
-        """Counters for /stats and the load tester."""
+        """Counters for /stats and the load tester: this hub's, or with a board every worker's added up."""
+        if self._board is not None:
+            return self._board.summary(self._own_stats())
+        return self._own_stats()
+
+    def _own_stats(self) -> dict:
         return {"sessions": self.sessions, "max_streams": self.max_streams, "steps": self.steps,
                 "frames": self.frames, "cpu_seconds": round(time.process_time(), 3),
                 "uptime_s": round(time.monotonic() - self._started, 3), "refused": self.refused,
@@ -296,6 +313,13 @@ class SessionHub:
             self.engine.resolve_controls(controls)
         if face is not None:
             check_smoothing(face.smoothing)
+
+    def _remove(self, session: Session) -> None:
+        """The session is done with: its engine slot and its seat are free."""
+        session._release()
+        del self._live[session.id]
+        if self._board is not None:
+            self._board.free_seat()
 
     def _drop(self, session: Session, reason: str) -> None:
         """End a session for the hub's own reason (stalled consumer, engine failure, shutdown)."""
@@ -316,6 +340,7 @@ class SessionHub:
             self._wake.clear()
             if not ready:
                 first_ready = None
+                self._publish()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), TICK_S)
                 continue
@@ -336,6 +361,12 @@ class SessionHub:
             for session in ready:
                 if not session._closed:
                     session._collect()
+            self._publish()
+
+    def _publish(self) -> None:
+        """Put this worker's counters on the board (after each step, and when idle)."""
+        if self._board is not None:
+            self._board.publish(self._own_stats())
 
     def _sweep(self) -> None:
         """Between two steps: create, feed and re-control streams; free the slots of ended and
@@ -350,8 +381,7 @@ class SessionHub:
                 elif session._finish_applied and stream.done and not session._ended:
                     session._collect()  # nothing left to decode (e.g. no audio at all)
             if session._closed or session._ended:
-                session._release()
-                del self._live[session.id]
+                self._remove(session)
             elif len(session._queue) >= self.frame_queue:
                 session._full_since = session._full_since or now
                 if now - session._full_since > STALL_S:

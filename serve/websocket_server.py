@@ -46,8 +46,11 @@ class StreamServer:
     """Serves `hub` over WebSocket and HTTP on `host`:`port` (0: any free port)."""
 
     def __init__(self, hub: SessionHub, host: str = "127.0.0.1", port: int = 8765, *, token: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None, idle_timeout: float = IDLE_TIMEOUT_S):
+                 ssl_context: ssl.SSLContext | None = None, idle_timeout: float = IDLE_TIMEOUT_S,
+                 sock: socket.socket | None = None):
+        """`sock`: a listening socket bound already (worker processes share one), instead of host:port."""
         self.hub = hub
+        self._sock = sock
         self.host, self.port = host, port
         self._token = token.encode() if token else None
         self._ssl = ssl_context
@@ -72,8 +75,9 @@ class StreamServer:
     async def start(self) -> None:
         """Listen; a port in use or an address not of this machine is a `UserError`."""
         try:
+            where = {"sock": self._sock} if self._sock is not None else {"host": self.host, "port": self.port}
             self._server = await serve(
-                self._handle, self.host, self.port, process_request=self._http, ssl=self._ssl,
+                self._handle, **where, process_request=self._http, ssl=self._ssl,
                 max_size=protocol.MAX_MESSAGE_BYTES, write_limit=WRITE_LIMIT_BYTES, close_timeout=CLOSE_TIMEOUT_S,
                 create_connection=self._connections.track)
         except OSError as exc:

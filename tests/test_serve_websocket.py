@@ -359,6 +359,10 @@ def test_the_command_serves_clients_and_stops_cleanly_on_sigterm(engine: Engine)
     (["--port", "70000"], "--port 70000: give a port from 1 to 65535"),
     (["--engine", "nowhere", "--no-grpc"], "--engine nowhere is not an engine artifact"),
     (["--port", "{busy}", "--no-grpc"], "the port is in use"),
+    (["--workers", "0"], "--workers 0: give 1 or more"),
+    (["--workers", "2", "--ray"], "--workers is for the plain server; on Ray give --replicas"),
+    (["--workers", "2", "--port", "{busy}", "--no-grpc"], "--port {busy}: the port is in use"),
+    (["--workers", "2", "--grpc-port", "{busy}"], "--grpc-port {busy}: the port is in use"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(args: list[str], message: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -366,6 +370,7 @@ def test_bad_command_lines_exit_2_with_one_line(args: list[str], message: str,
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         argv = [a.replace("{busy}", str(busy.getsockname()[1])) for a in args]
+        message = message.replace("{busy}", str(busy.getsockname()[1]))
         assert serve_main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("emotalk-serve: error: ") and message in err, err

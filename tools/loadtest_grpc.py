@@ -4,7 +4,9 @@ with the stubs emotalk-serve is generated from (serve/a2f_proto), as an ACE clie
 The pacing and timing are the WebSocket client's (loadtest_session.py): the same 20 ms blocks of
 16-bit PCM, each an `AudioWithEmotion`, and each frame's `FloatArrayWithTimeCode.time_code` is the
 audio time it shows. A2F-3D names no frame rate: frames are at the API's 30 fps, frame round(t x 30).
-Each session has its own channel (its own TCP connection), as separate clients would.
+Each session has its own channel and its own TCP connection, as separate clients would: gRPC
+otherwise lets channels to one address share a connection, which put every session on one worker
+of `emotalk-serve --workers N` (its workers share the port by connection).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ HEADER = controller.AudioStream(audio_stream_header=controller.AudioStreamHeader
     audio_format=audio.AudioHeader.AUDIO_FORMAT_PCM, channel_count=1, samples_per_second=SAMPLE_RATE,
     bits_per_sample=16)))
 END = controller.AudioStream(end_of_audio=controller.AudioStream.EndOfAudio())
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a channel of its own, not one shared by address
 
 
 def rpc_problem(address: str, error: grpc.aio.AioRpcError) -> str | None:
@@ -51,7 +54,7 @@ class GrpcClient:
 
     async def run(self, plan: Plan, result: SessionResult) -> None:
         """Fill `result` as the session goes (the command reports progress from it)."""
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with grpc.aio.insecure_channel(self.address, options=OWN_CONNECTION) as channel:
             call = services.A2FControllerServiceStub(channel).ProcessAudioStream(metadata=self.metadata)
             try:
                 await call.write(HEADER)

@@ -79,6 +79,11 @@ def run_cli(prog: str, body: Callable[[argparse.Namespace], int | None],
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a bad option already reported in one line
         return int(exc.code or 0)
+    return run_reporting(prog, body, args)
+
+
+def run_reporting(prog: str, body: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run `body(args)`; a failure becomes one line on stderr (exit 2), a traceback only with --debug."""
     try:
         return int(body(args) or 0)
     except KeyboardInterrupt:
