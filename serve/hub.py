@@ -57,6 +57,7 @@ TICK_S = 0.25  # how often an idle loop looks for stalled sessions
 # when every session is ready (one speaker gets no delay) or when a session is behind by more than
 # a hop (it catches up a hop per step).
 BATCH_WAIT_S = 0.020
+PUBLISH_S = 0.1  # how often a worker's counters reach the board (serve/workers.py) while it is busy
 STOP_TIMEOUT_S = 5.0  # how long `stop` waits for every session's final frame
 MAX_BACKLOG_S = 60.0  # audio a session may have waiting for the engine, in seconds
 
@@ -230,6 +231,7 @@ class SessionHub:
         self.engine = engine
         self.max_streams = max_streams
         self._board = board
+        self._published = 0.0  # when this hub last put its counters on the board
         self.frame_queue = frame_queue
         self.fps = engine.cfg.fps
         self._seed = seed
@@ -288,6 +290,7 @@ class SessionHub:
         held = self.sessions if self._board is None else self._board.take_seat(self.max_streams)
         if held >= self.max_streams:
             self.refused += 1
+            self._publish(now=True)
             raise SessionRefused(f"server full ({held} of {self.max_streams} sessions): try again later")
         session = Session(self, secrets.token_hex(8), controls, face, self._seed + self._opened, motion)
         self._opened += 1
@@ -341,14 +344,12 @@ class SessionHub:
             if not ready:
                 first_ready = None
                 self._publish()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await self._wait_for_wake(TICK_S)
                 continue
             first_ready = first_ready or time.monotonic()
             waited = time.monotonic() - first_ready
             if waited < BATCH_WAIT_S and len(ready) < len(self._live) and not any(s._behind() for s in ready):
-                with contextlib.suppress(TimeoutError):  # let the others' hops join this step
-                    await asyncio.wait_for(self._wake.wait(), BATCH_WAIT_S - waited)
+                await self._wait_for_wake(BATCH_WAIT_S - waited)  # let the others' hops join this step
                 continue
             first_ready = None
             try:
@@ -363,9 +364,18 @@ class SessionHub:
                     session._collect()
             self._publish()
 
-    def _publish(self) -> None:
-        """Put this worker's counters on the board (after each step, and when idle)."""
-        if self._board is not None:
+    async def _wait_for_wake(self, seconds: float) -> None:
+        """Until a session has news, or `seconds` pass (a timeout scope, not `wait_for`'s new task
+        each time: this runs on every audio block of every session)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    def _publish(self, now: bool = False) -> None:
+        """Put this worker's counters on the board: at most every `PUBLISH_S`, or `now`."""
+        at = time.monotonic()
+        if self._board is not None and (now or at - self._published >= PUBLISH_S):
+            self._published = at
             self._board.publish(self._own_stats())
 
     def _sweep(self) -> None:

@@ -173,7 +173,8 @@ class StreamServer:
 
     async def _receive(self, connection: ServerConnection, silence: str) -> str | bytes:
         try:
-            return await asyncio.wait_for(connection.recv(), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):  # not wait_for: that makes a task per message
+                return await connection.recv()
         except TimeoutError:
             raise ProtocolError(GOING_AWAY, f"idle: {silence} for {self.idle_timeout:g} s") from None
 
@@ -209,7 +210,8 @@ class StreamServer:
         async for frame in session.frames():
             message = protocol.frame_bytes(frame, emotions) if binary else protocol.frame_text(frame)
             try:
-                await asyncio.wait_for(connection.send(message), STALL_S)
+                async with asyncio.timeout(STALL_S):
+                    await connection.send(message)
             except TimeoutError:
                 log.warning("session %s: client %s stopped reading for %.0f s: disconnected", session.id,
                             _peer(connection), STALL_S)

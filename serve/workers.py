@@ -2,11 +2,10 @@
 
 One Python process uses at most about 1.3 of this machine's 2 cores: its event loop (sockets,
 frames) and the Python of its steps take turns on one interpreter lock (docs/loadtest.md). With
-`--workers N` the parent binds the WebSocket socket and forks N workers that inherit it; each runs
-the whole server (hub, engine, WebSocket, gRPC). The kernel hands a new connection to whichever
-worker accepts it first, so a busy worker takes fewer. gRPC listens in every worker with
-SO_REUSEPORT, which spreads connections, not calls: a client that sends all its streams over one
-channel reaches one worker.
+`--workers N` the parent reserves the ports and forks N workers; each runs the whole server (hub,
+engine, WebSocket, gRPC) and listens on the ports with SO_REUSEPORT, so the kernel spreads new
+connections over the workers (`reserve_port`). It spreads connections, not calls: a gRPC client
+that sends all its streams over one channel reaches one worker.
 
 Shared memory holds what must be one number for the whole server: the sessions each worker holds
 (so `--max-streams` caps them together) and each worker's counters (so /stats on any worker
@@ -33,6 +32,8 @@ log = logging.getLogger("emotalk_stream.serve.workers")
 
 COUNTERS = ("sessions", "steps", "frames", "cpu_seconds", "uptime_s", "refused", "dropped")
 ROW = (*COUNTERS, "pid")  # what each worker publishes
+BACKLOG = 512  # connections waiting to be accepted, per listening socket
+SPREAD_BY_KERNEL = sys.platform == "linux"  # SO_REUSEPORT balances connections only on Linux
 STOP_GRACE_S = 15.0  # after a stop signal, how long workers get to finish before they are killed
 
 
@@ -69,26 +70,52 @@ class WorkerBoard:
 
     def summary(self, own: dict) -> dict:
         """`own` (this worker's stats, fresh) with every counter added up over the workers (uptime:
-        the longest), and each worker's own (with its process id) under "workers"."""
+        the longest), and each worker's own (with its process id) under "workers". The others'
+        counters are as they last published them (`hub.PUBLISH_S`); the sessions are the seats held now."""
         self.publish(own)
         width = len(ROW)
         rows = [dict(zip(ROW, self._rows[w * width:(w + 1) * width])) for w in range(self.workers)]
         rows = [{key: round(value, 3) if key in ("cpu_seconds", "uptime_s") else int(value) for key, value in row.items()}
                 for row in rows]
+        with self._seats.get_lock():  # the sessions as of now: the other counters are up to `PUBLISH_S` old
+            for row, seats in zip(rows, self._seats):
+                row["sessions"] = seats
         total = {key: sum(row[key] for row in rows) for key in COUNTERS}
         total["cpu_seconds"] = round(total["cpu_seconds"], 3)
         total["uptime_s"] = max(row["uptime_s"] for row in rows)
         return {**own, **total, "workers": rows}
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The WebSocket listening socket every worker accepts on (`UserError` when it cannot be had)."""
+def reserve_port(host: str, port: int) -> socket.socket:
+    """The WebSocket port, bound here for the workers (`UserError` when it cannot be had).
+
+    On Linux it is bound with SO_REUSEPORT and not listened on: each worker listens on a socket of
+    its own on the port (`worker_socket`) and the kernel spreads new connections over them by their
+    addresses, whatever each worker's load. One socket shared by all workers (elsewhere) hands a
+    connection to the worker that polls first, which is the busier one: 48 sessions split 38 to 10."""
     from .websocket_server import bind_error
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server((host, port), family=family, backlog=512)
+        if SPREAD_BY_KERNEL:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        else:
+            sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as exc:
         raise UserError(bind_error(exc, "--port", host, port)) from None
+    sock.setblocking(False)
+    return sock
+
+
+def worker_socket(reserved: socket.socket) -> socket.socket:
+    """The listening socket a worker accepts on: its own on the reserved port, or the shared one."""
+    if not SPREAD_BY_KERNEL:
+        return reserved
+    sock = socket.socket(reserved.family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(reserved.getsockname())
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -116,7 +143,7 @@ def serve_in_workers(args: argparse.Namespace, worker: Worker) -> int:
         raise UserError("--workers needs fork(), which this system lacks (Windows): run one emotalk-serve "
                         "per port instead, or use WSL2")
     context = multiprocessing.get_context("fork")
-    listener = listen(args.host, args.port)
+    reserved = reserve_port(args.host, args.port)
     board = WorkerBoard(args.workers, context)
     processes: list[BaseProcess] = []
     stopping = False
@@ -125,7 +152,7 @@ def serve_in_workers(args: argparse.Namespace, worker: Worker) -> int:
         """Start worker `index`; None once it serves, else its exit code."""
         board.clear(index)
         ours, theirs = context.Pipe(duplex=False)
-        process = context.Process(target=_worker_main, args=(worker, index, args, listener, board, theirs),
+        process = context.Process(target=_worker_main, args=(worker, index, args, reserved, board, theirs),
                                   name=f"emotalk-serve worker {index}")
         process.start()
         theirs.close()
@@ -162,7 +189,7 @@ def serve_in_workers(args: argparse.Namespace, worker: Worker) -> int:
         return max((process.exitcode or 0 for process in processes), default=0)
     finally:
         _stop_all(processes)
-        listener.close()
+        reserved.close()
 
 
 def _await_ready(process: BaseProcess, ready: Connection) -> int | None:
@@ -187,11 +214,11 @@ def _stop_all(processes: list[BaseProcess]) -> None:
             process.join()
 
 
-def _worker_main(worker: Worker, index: int, args: argparse.Namespace, listener: socket.socket, board: WorkerBoard,
+def _worker_main(worker: Worker, index: int, args: argparse.Namespace, reserved: socket.socket, board: WorkerBoard,
                  ready: Connection) -> None:
     from ..training.errors import run_reporting
     from .cli import PROG
     board.worker = index
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)  # until the worker's event loop installs its own
-    sys.exit(run_reporting(PROG, lambda _args: worker(listener, board, ready), args))
+    sys.exit(run_reporting(PROG, lambda _args: worker(worker_socket(reserved), board, ready), args))
