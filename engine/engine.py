@@ -42,6 +42,7 @@ from . import artifact
 from .backends import Backend, OnnxRuntimeBackend, batches, require_backend
 from .interface import ENCODER_FRAME_MS, NEVER, PREROLL, audio_end_frame, frames_from_ms
 from .rest_face import REST_SECONDS, relative_to_rest
+from .vocal_effort import VocalEffort, apply_effort, level_db, window
 from .voice_activity import VoiceActivity, VoiceActivityModel, advance_all, gate_articulations
 
 if TYPE_CHECKING:  # the model class only names a type here: the runtime never imports PyTorch
@@ -70,6 +71,7 @@ class Controls:
     gains: Mapping[str, float] = field(default_factory=dict)  # region (mouth, jaw, brow, ...) -> factor
     voice_gate: bool = True  # close the jaw and lips where the voice-activity detector hears no speech
     rest_relative: bool = True  # show the face relative to the model's rest face (engine/rest_face.py)
+    vocal_effort: bool = True  # open the jaw wider when the voice is louder than its usual (engine/vocal_effort.py)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class _Resolved:
     gains: np.ndarray | None
     voice_gate: bool
     rest: np.ndarray | None  # the rest face the frames are shown relative to
+    vocal_effort: bool
 
 
 class Stream:
@@ -105,6 +108,9 @@ class Stream:
         # The model's input level control, run by the step on each hop's audio (all streams at once)
         self._gain_control = LevelNormaliser() if engine.cfg.input_level == "agc" else None
         self._voice = VoiceActivity(engine.voice_model)  # always runs, so the gate can be switched on live
+        self._effort = VocalEffort(engine.cfg.fps)
+        self._heard = np.zeros(0, dtype=np.float32)  # the audio from the next frame's window on (vocal effort)
+        self._heard_from = 0  # its first sample's index in the audio
         self.emotion_logits: np.ndarray | None = None
         self.error: str | None = None  # why the engine failed on this stream; it then stops
         self.closed = False
@@ -135,6 +141,7 @@ class Stream:
             self.nonfinite_samples += int(bad.sum())
             samples = np.where(bad, 0.0, samples).astype(np.float32)
         self._voice.accept(samples, run=False)
+        self._heard = np.concatenate([self._heard, samples]) if len(self._heard) else samples.copy()
         if self._start + self._pending + len(samples) > len(self._buffer):
             # Move the unread samples to the front (and grow), so each sample is copied O(1) times.
             size = max(len(self._buffer), 2 * (self._pending + len(samples)))
@@ -203,6 +210,21 @@ class Stream:
         leading = min(self._preroll_left, take)
         self._preroll_left -= leading
         return chunk, leading
+
+    def _effort_factors(self, count: int) -> np.ndarray:
+        """(count,) the vocal-effort factors of the next `count` frames, whose sound has been heard;
+        the audio before the frame after them is let go."""
+        fps, rate = self._engine.cfg.fps, self._engine.sample_rate
+        factors = np.ones(count, dtype=np.float32)
+        for k in range(count):
+            start, end = window(self.frames_decoded + k, fps, rate)
+            part = self._heard[max(start - self._heard_from, 0):max(end - self._heard_from, 0)]
+            padded = np.concatenate([part, np.zeros(end - start - len(part), np.float32)])
+            factors[k] = self._effort.factor(level_db(padded))
+        keep_from = max(window(self.frames_decoded + count, fps, rate)[0], 0)
+        self._heard = self._heard[keep_from - self._heard_from:]
+        self._heard_from = keep_from
+        return factors
 
     def _deliver(self, weights: np.ndarray, logits: np.ndarray) -> None:
         """Keep the step's finished frames, already shown as the controls ask (`Engine._shown`)."""
@@ -363,7 +385,8 @@ class Engine:
                     raise UserError(f"gain {gain!r} for {region} is not a number from 0 to 4")
                 gains[list(REGIONS[region])] *= float(gain)
         rest = self.rest_face(level, speaker) if controls.rest_relative else None
-        return _Resolved(level, person, emotion, strength, gains, bool(controls.voice_gate), rest)
+        return _Resolved(level, person, emotion, strength, gains, bool(controls.voice_gate), rest,
+                         bool(controls.vocal_effort))
 
     def rest_face(self, level: float, person: int) -> np.ndarray:
         """(52,) the model's calm face on silence at this level and speaking style (engine/rest_face.py).
@@ -460,6 +483,10 @@ class Engine:
             gains = np.stack([controls[i].gains for i in gained])[:, None]
             weights[gained] = np.clip(weights[gained] * gains, 0.0, 1.0)
         shown = [weights[i, :n] for i, n in enumerate(counts)]
+        for i, (c, n) in enumerate(zip(controls, counts)):
+            factors = members[i]._effort_factors(n)  # every frame moves the speaker's level on
+            if c.vocal_effort and n:
+                apply_effort(shown[i], factors)
         gated = [i for i, (c, n) in enumerate(zip(controls, counts)) if c.voice_gate and n]
         if gated:
             frames = [np.arange(members[i].frames_decoded, members[i].frames_decoded + counts[i]) for i in gated]

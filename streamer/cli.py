@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     face.add_argument("--no-voice-gate", action="store_true",
                       help="leave the jaw and lips to the model where no voice is heard (by default a voice-activity "
                            "detector closes them in silence and noise)")
+    face.add_argument("--no-vocal-effort", action="store_true",
+                      help="leave the jaw's opening to the model (by default it opens wider where the voice is "
+                           "louder than its speaker's usual)")
     face.add_argument("--level", default=None, metavar="low|high|FLOAT",
                       help="emotion level (default: low for a calm or neutral face, high for another emotion or auto)")
     face.add_argument("--person", default="0", metavar="N", help="speaking style, 0-23 (default 0)")

@@ -49,7 +49,7 @@ def stream(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise UserError(f"--seed {args.seed} is negative: give a whole number from 0 up")
     controls = Controls(level=args.level, person=args.person, emotion=args.emotion, gains=parse_gains(args.gain),
-                        voice_gate=not args.no_voice_gate)
+                        voice_gate=not args.no_voice_gate, vocal_effort=not args.no_vocal_effort)
     control_address = parse_listen_address(args.control, "--control") if args.control else None
     source.check()
     engine = load_engine(args)

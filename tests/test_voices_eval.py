@@ -270,7 +270,7 @@ def test_the_bundled_model_on_the_real_voices_gives_a_complete_finite_report(
     assert overall["speech_clips"] >= 20 and overall["noise_clips"] == 2 and overall["bilabials"] >= 30
     assert overall["room_silence_frames"] > 0 and overall["speech_seconds"] > 50
     assert sum(overall["emotions"].values()) == overall["speech_clips"]
-    assert report["controls"] == {"emotion": "calm", "voice_gate": True}  # the defaults a user gets
+    assert report["controls"] == {"emotion": "calm", "voice_gate": True, "vocal_effort": True}  # a user's defaults
     assert {c["emotion_shown"] for c in report["clips"]} == {"calm"} and overall["confident_not_calm"] == 0
     names = [c["name"] for c in report["clips"]]
     assert len(set(names)) == len(names) and {"alsa/Noise", "synthetic/white_noise", "arctic/slt_a0009"} <= set(names)
@@ -287,11 +287,9 @@ def test_the_bundled_model_on_the_real_voices_gives_a_complete_finite_report(
     assert sum(c["bilabials"] for c in with_phones) == overall["bilabials"]
     assert all(0.0 <= c["bilabial_closure"] <= 1.0 for c in with_phones)
     met = report["meets"]
-    assert all(met[key] for key in ("bilabial_closure", "jaw_digital_silence_p90", "jaw_room_silence_p90",
-                                    "jaw_noise_p90", "quiet_r", "quiet_ratio", "close_after_speech_s", "upper_max",
-                                    "confident_not_calm")), met
+    assert all(met.values()), met  # every target of issue 11
     # The calm face keeps the voice's own changes in what the decoder attends to
     # (EmoTalk.override_emotion); with all of it on the calm prototype the lips shut on only 0.58 of
     # /p b m/ and jawOpen follows loudness at r 0.59. Without the rest face (engine/rest_face.py)
-    # the lips shut on 0.79 and calm voices raise the brows to 0.22 (docs/results.md#real-voices).
-    assert overall["jaw_loudness_r"] >= 0.65, overall
+    # the lips shut on 0.79 and calm voices raise the brows to 0.22; without the vocal effort
+    # (engine/vocal_effort.py) jawOpen follows loudness at r 0.685 (docs/results.md#real-voices).

@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"with --voices: the emotion control, auto or LABEL[:STRENGTH] (default: {DEFAULT_EMOTION_HELP})")
     parser.add_argument("--no-voice-gate", action="store_true",
                         help="with --voices: leave the jaw and lips open where no voice is heard (ablation)")
+    parser.add_argument("--no-vocal-effort", action="store_true",
+                        help="with --voices: leave the jaw's opening to the model, not to the voice's effort (ablation)")
     parser.add_argument("--split", default="test",
                         help="split to score: train, val, test or xvoice, the held-out voices (default: test)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
@@ -211,9 +213,9 @@ def _run(args: argparse.Namespace) -> None:
     if args.voices:
         from .voices_eval import run as run_voices
         return run_voices(args)
-    if args.engine is not None or args.voices_cache is not None or args.no_voice_gate \
+    if args.engine is not None or args.voices_cache is not None or args.no_voice_gate or args.no_vocal_effort \
             or args.emotion is not None:
-        raise UserError("--engine, --voices-cache, --emotion and --no-voice-gate go with --voices")
+        raise UserError("--engine, --voices-cache, --emotion, --no-voice-gate and --no-vocal-effort go with --voices")
     templates = load_templates(args.templates) if args.templates else None
     clips = load_folder(args.data)
     chosen = by_split(clips, args.split)[:args.limit]

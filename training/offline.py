@@ -12,6 +12,7 @@ import torch
 
 from ..engine.interface import ENCODER_FRAME_MS
 from ..engine.rest_face import REST_SECONDS, relative_to_rest
+from ..engine.vocal_effort import apply_effort, frame_factors
 from ..engine.voice_activity import clip_probabilities, gate_articulation
 from .calibration import softmax
 from .control_values import check_prototype, default_emotion
@@ -44,13 +45,14 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0,
           emotion: int | None = None, strength: float = 1.0,
           lookahead: int | None = None, voice_gate: bool = True,
-          rest_relative: bool = True) -> tuple[np.ndarray, np.ndarray]:
+          rest_relative: bool = True, vocal_effort: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(N,) 16 kHz audio -> (T, 52) float32 weights in [0, 1] and the voice's emotion probabilities.
 
     With `emotion` (a label index) the emotion memory moves towards that label's prototype by
     `strength` (`EmoTalk.override_emotion`); the probabilities stay the voice's own. `voice_gate`
-    closes the jaw and lips where no voice is heard and `rest_relative` shows the face relative to
-    the model's rest face (engine/rest_face.py), as the streaming engine does.
+    closes the jaw and lips where no voice is heard, `rest_relative` shows the face relative to
+    the model's rest face (engine/rest_face.py) and `vocal_effort` opens the jaw wider where the
+    voice is louder than its usual (engine/vocal_effort.py), as the streaming engine does.
     """
     if emotion is not None:
         require_prototype(model, emotion)
@@ -68,6 +70,8 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0
     weights = weights[0].float().clamp(0.0, 1.0).cpu().numpy()
     if rest_relative:
         weights = relative_to_rest(weights, rest_face(model, level, person, lookahead))
+    if vocal_effort:
+        weights = apply_effort(weights, frame_factors(audio, frames, model.cfg.fps, model.cfg.sample_rate))
     if voice_gate:
         lookahead_ms = model._lookahead(lookahead) * ENCODER_FRAME_MS
         weights = gate_articulation(weights, clip_probabilities(audio), np.arange(frames), model.cfg.fps, lookahead_ms)
@@ -80,5 +84,6 @@ def rest_face(model: EmoTalk, level: float, person: int, lookahead: int | None =
     calm = default_emotion(labels, prototypes_present(model))
     silence = np.zeros(int(REST_SECONDS * model.cfg.sample_rate), dtype=np.float32)
     emotion = None if calm == "auto" else labels.index(calm)
-    weights, _ = infer(model, silence, level, person, emotion, lookahead=lookahead, voice_gate=False, rest_relative=False)
+    weights, _ = infer(model, silence, level, person, emotion, lookahead=lookahead, voice_gate=False, rest_relative=False,
+                       vocal_effort=False)
     return weights[-1]

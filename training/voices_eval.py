@@ -1,6 +1,6 @@
 """`emotalk-eval --voices`: a model on real human recordings (training/voices.py), through the
 streaming engine, as a user gets it (`Controls()`, the defaults; `--emotion` and
-`--no-voice-gate` change them).
+`--no-voice-gate` and `--no-vocal-effort` change them).
 
 Every figure is a pure function of (weights, audio, phones) below; `evaluate_voices` runs the engine
 and `format_report` prints. Weights are (T, 52) in EmoTalk order at `fps` (30); frame k shows the
@@ -408,7 +408,8 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
         "upper_max_median": _round(np.median([r["upper_max"] for r in speech_rows])),
     }
     return {"fps": FPS, "hop_ms": engine.hop_ms, "lookahead_ms": engine.lookahead_ms,
-            "controls": {"emotion": engine.emotion_setting(controls), "voice_gate": controls.voice_gate},
+            "controls": {"emotion": engine.emotion_setting(controls), "voice_gate": controls.voice_gate,
+                         "vocal_effort": controls.vocal_effort},
             "emotion_labels": list(labels), "clips": rows, "overall": overall,
             "targets": {k: list(v) for k, v in TARGETS.items()}, "meets": meets(overall)}
 
@@ -471,7 +472,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         engine = Engine.load(args.model, lookahead_ms=args.lookahead_ms, device=args.device)
         name = str(args.model)
-    controls = Controls(emotion=args.emotion, voice_gate=not args.no_voice_gate)
+    controls = Controls(emotion=args.emotion, voice_gate=not args.no_voice_gate, vocal_effort=not args.no_vocal_effort)
     engine.resolve_controls(controls)  # a bad --emotion fails here, before the recordings are read
     result = {"model": name, **evaluate_voices(engine, clips, controls=controls)}
     print(json.dumps(result) if args.json else format_report(result))
