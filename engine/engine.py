@@ -42,7 +42,7 @@ from . import artifact
 from .backends import Backend, OnnxRuntimeBackend, batches, require_backend
 from .interface import ENCODER_FRAME_MS, NEVER, PREROLL, audio_end_frame, frames_from_ms
 from .rest_face import REST_SECONDS, relative_to_rest
-from .vocal_effort import VocalEffort, apply_effort, level_db, window
+from .vocal_effort import VocalEffort, apply_effort, frame_level, window
 from .voice_activity import VoiceActivity, VoiceActivityModel, advance_all, gate_articulations
 
 if TYPE_CHECKING:  # the model class only names a type here: the runtime never imports PyTorch
@@ -215,12 +215,8 @@ class Stream:
         """(count,) the vocal-effort factors of the next `count` frames, whose sound has been heard;
         the audio before the frame after them is let go."""
         fps, rate = self._engine.cfg.fps, self._engine.sample_rate
-        factors = np.ones(count, dtype=np.float32)
-        for k in range(count):
-            start, end = window(self.frames_decoded + k, fps, rate)
-            part = self._heard[max(start - self._heard_from, 0):max(end - self._heard_from, 0)]
-            padded = np.concatenate([part, np.zeros(end - start - len(part), np.float32)])
-            factors[k] = self._effort.factor(level_db(padded))
+        factors = np.array([self._effort.factor(frame_level(self._heard, self._heard_from, self.frames_decoded + k,
+                                                            fps, rate)) for k in range(count)], dtype=np.float32)
         keep_from = max(window(self.frames_decoded + count, fps, rate)[0], 0)
         self._heard = self._heard[keep_from - self._heard_from:]
         self._heard_from = keep_from

@@ -42,9 +42,12 @@ def window(frame: int, fps: int, sample_rate: int) -> tuple[int, int]:
     return round(centre - half), round(centre + half)
 
 
-def level_db(samples: np.ndarray) -> float | None:
-    """RMS level in dB of a window's samples (zeros outside the audio included); None: all zeros."""
-    power = float(np.dot(samples, samples)) / max(len(samples), 1)
+def frame_level(audio: np.ndarray, first: int, frame: int, fps: int, sample_rate: int) -> float | None:
+    """RMS level in dB of frame `frame`'s window of `audio`, whose first sample is sample `first` of
+    the stream (zeros outside it count as silence); None: the window is all zeros."""
+    start, end = window(frame, fps, sample_rate)
+    part = audio[max(start - first, 0):max(end - first, 0)]
+    power = float(np.dot(part, part)) / (end - start)
     return 10.0 * math.log10(power) if power > 0.0 else None
 
 
@@ -78,12 +81,8 @@ def frame_factors(audio: np.ndarray, frames: int, fps: int, sample_rate: int) ->
     """(frames,) the factor of every frame of a whole clip, as a stream gets them."""
     audio = np.asarray(audio, dtype=np.float32)
     effort = VocalEffort(fps)
-    factors = np.ones(frames, dtype=np.float32)
-    for frame in range(frames):
-        start, end = window(frame, fps, sample_rate)
-        part = audio[max(start, 0):max(min(end, len(audio)), 0)]
-        factors[frame] = effort.factor(level_db(np.concatenate([part, np.zeros(end - start - len(part), np.float32)])))
-    return factors
+    return np.array([effort.factor(frame_level(audio, 0, frame, fps, sample_rate)) for frame in range(frames)],
+                    dtype=np.float32)
 
 
 def apply_effort(weights: np.ndarray, factors: np.ndarray) -> np.ndarray:

@@ -175,8 +175,8 @@ async def serve(args: argparse.Namespace, engine: "Engine", token: str | None, t
                 listener: socket.socket | None = None, board: "WorkerBoard | None" = None,
                 on_ready: Callable[[], None] | None = None) -> None:
     """Serve until Ctrl-C, SIGTERM or Ctrl-Break, then finish every session. A worker process
-    (serve/workers.py) serves the shared `listener`, counts on the shared `board`, and calls
-    `on_ready` once it serves; only the first one announces the addresses."""
+    (serve/workers.py) accepts on `listener` (its socket on the server's port), counts on the shared
+    `board`, and calls `on_ready` once it serves; only the first one announces the addresses."""
     from .hub import SessionHub
     from .websocket_server import StreamServer
     hub = SessionHub(engine, max_streams=args.max_streams, board=board)

@@ -48,7 +48,8 @@ class StreamServer:
     def __init__(self, hub: SessionHub, host: str = "127.0.0.1", port: int = 8765, *, token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, idle_timeout: float = IDLE_TIMEOUT_S,
                  sock: socket.socket | None = None):
-        """`sock`: a listening socket bound already (worker processes share one), instead of host:port."""
+        """`sock`: a listening socket made already (a worker process's, on the server's port; serve/workers.py)
+        instead of host:port."""
         self.hub = hub
         self._sock = sock
         self.host, self.port = host, port
