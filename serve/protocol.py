@@ -3,7 +3,7 @@
     client: {"type": "hello", "sample_rate": 48000, "format": "s16le", "channels": 1, "frames": "json",
              "controls": {"emotion": "happy:0.7"}}                         first, as text
     server: {"type": "ready", "session": ID, "fps": 30, "hop_ms": 20, "lookahead_ms": 40,
-             "names": [52 ARKit names], "emotions": [labels]}
+             "names": [52 ARKit names], "emotions": [labels], "controls": {the controls in effect}}
     client: binary PCM blocks of any size (whole samples), {"type": "controls", ...}, {"type": "end"}
     server: {"type": "frame", "frame": 12, "time": 0.4, ...} per frame (or `BINARY_FRAME`), the final
             frame, close 1000; {"type": "error", "reason": ...} for a refused control change
@@ -193,10 +193,12 @@ class PcmDecoder:
         return np.clip(self._resampler.flush(), -1.0, 1.0)
 
 
-def ready_message(session_id: str, engine: Engine, fps: int) -> str:
+def ready_message(session_id: str, engine: Engine, fps: int, controls: Mapping[str, object]) -> str:
+    """`controls`: the session's controls in effect (streamer/controls.py `control_state`), so that a
+    client that left some to the server shows what it got."""
     return json.dumps({"type": "ready", "session": session_id, "fps": fps, "hop_ms": engine.hop_ms,
                        "lookahead_ms": engine.lookahead_ms, "names": list(NAMES),
-                       "emotions": list(engine.cfg.emotion_labels)}, separators=(",", ":"))
+                       "emotions": list(engine.cfg.emotion_labels), "controls": controls}, separators=(",", ":"))
 
 
 def error_message(reason: str) -> str:

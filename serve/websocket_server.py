@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..engine import Controls
+from ..streamer.controls import control_state
 from ..streamer.face import FaceSettings
 from ..streamer.websocket_sink import (
     SEND_BUFFER_BYTES, WRITE_LIMIT_BYTES, OpenConnections, _peer, _response, local_address, token_refusal,
@@ -161,7 +162,8 @@ class StreamServer:
                  hello.channels)
         sender: asyncio.Task | None = None
         try:
-            await connection.send(protocol.ready_message(session.id, self.hub.engine, session.fps))
+            await connection.send(protocol.ready_message(session.id, self.hub.engine, session.fps,
+                                                         control_state(self.hub.engine, session.controls, session.face)))
             sender = asyncio.create_task(self._send_frames(connection, session, hello.binary_frames))
             self._senders.add(sender)
             sender.add_done_callback(self._senders.discard)

@@ -35,6 +35,18 @@ NAMES = ("emotion", "level", "person", "gain", "smoothing", "blink", "head_motio
 MAX_JSON_BYTES = 4096
 
 
+def control_state(engine: Engine, controls: Controls, face: FaceSettings) -> dict[str, object]:
+    """The controls in effect as the JSON control messages write them, for a viewer or a page: the
+    emotion setting (the model's default where none was given), the level as a number, every
+    region's gain; and the choices: the emotion labels and the number of persons."""
+    return {"emotion": engine.emotion_setting(controls), "level": engine.level_setting(controls),
+            "person": parse_person(controls.person, engine.cfg.n_persons),
+            "gain": {region: float(controls.gains.get(region, 1.0)) for region in REGIONS},
+            "smoothing": face.smoothing, "blink": face.blink,
+            "head_motion": face.head_motion, "eye_motion": face.eye_motion,
+            "labels": list(engine.prototype_labels), "persons": engine.cfg.n_persons}
+
+
 class ControlBoard:
     """The current controls, changed from any thread, read by the streaming loop."""
 
@@ -55,17 +67,9 @@ class ControlBoard:
             return self._controls, self._face, self._version
 
     def state(self) -> dict[str, object]:
-        """The controls in effect as the JSON control messages write them, for the viewer: the
-        emotion setting (the model's default where none was given), the level as a number, every
-        region's gain; and the choices: the emotion labels and the number of persons."""
+        """The controls in effect, for the viewer (`control_state`)."""
         controls, face, _ = self.current
-        engine = self._engine
-        return {"emotion": engine.emotion_setting(controls), "level": engine.level_setting(controls),
-                "person": parse_person(controls.person, engine.cfg.n_persons),
-                "gain": {region: float(controls.gains.get(region, 1.0)) for region in REGIONS},
-                "smoothing": face.smoothing, "blink": face.blink,
-                "head_motion": face.head_motion, "eye_motion": face.eye_motion,
-                "labels": list(engine.prototype_labels), "persons": engine.cfg.n_persons}
+        return control_state(self._engine, controls, face)
 
     def submit(self, changes: Mapping[str, object], origin: str) -> str | None:
         """Apply `changes` ({name: value}) together, or none of them; returns the refusal reason."""

@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -34,8 +35,6 @@ from emotalk_stream.training.framing import frame_count
 from emotalk_stream.training.model_files import SAMPLE_SPEECH
 
 ray = pytest.importorskip("ray", reason="the Ray Serve tests need ray[serve] (pip install 'ray[serve]')")
-from ray.cluster_utils import Cluster  # noqa: E402 - after the skip
-
 from emotalk_stream.serve.ray_app import APP, REPLICA_HEADER  # noqa: E402 - imports Ray
 from emotalk_stream.serve.ray_proxy import PROXY_CALLBACK, PROXY_ENV, REPLICA_LOST  # noqa: E402
 
@@ -58,29 +57,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclass
+class Nodes:
+    """The cluster of tests/ray_nodes.py, started in a process of its own (why: there)."""
+
+    address: str
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster() -> Iterator[Nodes]:
     """Two Ray nodes on this machine, one CPU each, the proxy middleware on; this test's own
     driver connected. Every process it starts is stopped at the end."""
-    env = {PROXY_ENV: PROXY_CALLBACK,
+    env = {**os.environ, PROXY_ENV: PROXY_CALLBACK,
            # Both nodes are this machine: the worker node's proxy needs a port of its own.
            "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(free_port())}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)  # the nodes' processes inherit it
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    helper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ray_nodes.py"))], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        nodes.add_node(num_cpus=1)
-        nodes.wait_for_nodes()
-        ray.init(address=nodes.address, logging_level="WARNING", log_to_driver=False)
-        yield nodes
+        address = helper.stdout.readline().strip()
+        assert address, f"the Ray nodes did not start (exit {helper.poll()})"
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        yield Nodes(address)
     finally:
         ray.shutdown()
-        nodes.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        helper.stdin.close()  # the helper shuts its nodes down
+        try:
+            helper.wait(60)
+        except subprocess.TimeoutExpired:
+            helper.kill()
 
 
 class Command:
@@ -268,7 +272,7 @@ async def ctrl_c_mid_stream(url: str, command: Command) -> tuple[Outcome, int]:
     return await session, status
 
 
-def test_two_replicas_on_two_nodes_survive_one_killed_mid_stream(cluster: Cluster) -> None:
+def test_two_replicas_on_two_nodes_survive_one_killed_mid_stream(cluster: Nodes) -> None:
     port = free_port()
     command = Command(["--ray", "--ray-address", cluster.address, "--replicas", "2", "--port", str(port),
                        "--max-streams", str(MAX_STREAMS), "--token", TOKEN])

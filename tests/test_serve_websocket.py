@@ -121,6 +121,7 @@ def test_a_session_with_json_frames_and_controls(engine: Engine) -> None:
     assert ready["type"] == "ready" and re.fullmatch(r"[0-9a-f]{16}", ready["session"])
     assert (ready["fps"], ready["hop_ms"], ready["lookahead_ms"]) == (FPS, engine.hop_ms, engine.lookahead_ms)
     assert ready["names"] == list(NAMES) and ready["emotions"] == list(engine.cfg.emotion_labels)
+    assert (ready["controls"]["emotion"], ready["controls"]["level"]) == ("happy:0.7", 1.0)  # the hello's, in effect
     errors = [json.loads(m) for m in messages if '"type":"error"' in m]
     assert len(errors) == 1 and "bored" in errors[0]["reason"]  # refused, and the session went on
     text = [m for m in messages if '"type":"error"' not in m]

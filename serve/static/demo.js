@@ -29,10 +29,13 @@
     $("message").className = error ? "error" : "";
   }
 
-  // ---- controls (controls.js): all of them go in the hello, each change as {"type":"controls"} while live ----
+  // ---- controls (controls.js): the ones the user chose go in the hello, the others are the server's
+  // defaults (a calm face), which "ready" reports; each change goes as {"type":"controls"} while live ----
   const controls = emotalkControls($("controls"), sendControls, {motion: true});
+  const chosen = {};
 
   function sendControls(changes) {
+    Object.assign(chosen, changes, changes.gain ? {gain: {...chosen.gain, ...changes.gain}} : {});
     $("emotion-set").textContent = controls.emotion();
     if (session && session.ready && !session.ended) session.socket.send(JSON.stringify({type: "controls", ...changes}));
   }
@@ -63,7 +66,7 @@
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     s.socket = new WebSocket(`${scheme}//${location.host}/v1/stream${tokenQuery}`);
     s.socket.onopen = () => s.socket.send(JSON.stringify({type: "hello", sample_rate: context.sampleRate,
-      format: "f32le", channels: 1, frames: "json", controls: controls.all()}));
+      format: "f32le", channels: 1, frames: "json", controls: chosen}));
     s.socket.onmessage = (event) => receive(s, JSON.parse(event.data));
     s.socket.onclose = (event) => closed(s, event);
     show("connecting", "wait", "Connecting…");
@@ -84,7 +87,8 @@
   function receive(s, message) {
     if (message.type === "ready") {
       s.ready = message;
-      controls.addEmotions(message.emotions);
+      controls.show(message.controls);  // what the server chose for the controls left to it
+      $("emotion-set").textContent = message.controls.emotion;
       $("fps-stream").textContent = `(stream ${message.fps})`;
       capture(s);
       show("live", "on", "Live: speak, and the face follows. Stop ends the session.");

@@ -7,8 +7,6 @@
        each change calls send(change) with the control's JSON name and value, e.g. {level: 0.5},
        {gain: {jaw: 2}}, {emotion: "happy:0.70"}
    controls.emotion()           "auto", or "LABEL:STRENGTH" (two decimals)
-   controls.all()               every control as one object, as the changes name them
-   controls.addEmotions(labels) lists the labels not yet in the emotion menu
    controls.show(state)         sets the inputs to a stream's controls ({"controls": ...}, docs/viewer.md),
                                 except the one under the user's hand
 */
@@ -39,11 +37,6 @@ function emotalkControls(form, send, {motion = false} = {}) {
 
   const emotion = () => $("emotion").value === "auto" ? "auto"
     : `${$("emotion").value}:${Number($("strength").value).toFixed(2)}`;
-  const gains = () => Object.fromEntries(REGIONS.map((region) => [region, Number($(`gain-${region}`).value)]));
-  const all = () => ({emotion: emotion(), level: Number($("level").value), person: Number($("person").value),
-                      gain: gains(), smoothing: Number($("smoothing").value), blink: $("blink").checked,
-                      ...(motion ? {head_motion: Number($("head_motion").value),
-                                    eye_motion: Number($("eye_motion").value)} : {})});
 
   function slider(id, onChange) {
     const input = $(id), out = $(`${id}-value`);
@@ -82,5 +75,5 @@ function emotalkControls(form, send, {motion = false} = {}) {
     if (document.activeElement !== $("blink")) $("blink").checked = state.blink;
   }
 
-  return Object.freeze({emotion, all, addEmotions, show});
+  return Object.freeze({emotion, show});
 }
