@@ -173,8 +173,8 @@ def serve_in_workers(args: argparse.Namespace, worker: Worker) -> int:
     try:
         for index in range(args.workers):
             code = start(index)
-            if code is not None:  # it failed before serving and said why: stop the others
-                return code or 2
+            if code is not None:  # it failed before serving and said why (or was stopped): stop the others
+                return 0 if stopping else code or 2
         log.info("%d worker processes share the port, each with its own engine", args.workers)
         while not stopping:
             wait([process.sentinel for process in processes], timeout=0.5)
@@ -184,7 +184,7 @@ def serve_in_workers(args: argparse.Namespace, worker: Worker) -> int:
                                 index, process.exitcode)
                     code = start(index)
                     if code is not None:
-                        return code or 2
+                        return 0 if stopping else code or 2
         _stop_all(processes)
         return max((process.exitcode or 0 for process in processes), default=0)
     finally:
@@ -193,11 +193,15 @@ def serve_in_workers(args: argparse.Namespace, worker: Worker) -> int:
 
 
 def _await_ready(process: BaseProcess, ready: Connection) -> int | None:
-    """None once the worker serves; its exit code if it ended first."""
+    """None once the worker serves; its exit code if it ended first (its end of the pipe then
+    closes unsent, which `poll` reports as readable too)."""
     wait([process.sentinel, ready])
-    if ready.poll():
-        ready.close()
-        return None
+    with ready:
+        try:
+            if ready.poll() and ready.recv():
+                return None
+        except EOFError:
+            pass
     process.join()
     return process.exitcode
 

@@ -1,7 +1,7 @@
 """`emotalk-serve --workers N`: worker processes sharing one port, with real sockets and clients.
 Sessions land on every worker and each gets all its frames, `--max-streams` caps the workers
 together, a killed worker's sessions end while the others' go on and a new worker takes its place,
-and SIGTERM lets every session finish."""
+SIGTERM lets every session finish, and a worker that cannot start stops the command with one line."""
 from __future__ import annotations
 
 import asyncio
@@ -168,3 +168,10 @@ def test_sigterm_lets_every_workers_sessions_finish() -> None:
         assert (code, reason) == (1001, "server shutting down")
     output = process.stderr.read()
     assert "Traceback" not in output
+
+
+def test_a_worker_that_cannot_start_stops_the_command_with_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "emotalk_stream.serve.cli", "--port", "0", "--no-grpc",
+                           "--workers", "2", "--engine", "nowhere"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--engine nowhere is not an engine artifact" in done.stderr, done.stderr
