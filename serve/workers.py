@@ -97,9 +97,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         if SPREAD_BY_KERNEL:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
+            sock = _reuse_port(family, (host, port))
         else:
             sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as exc:
@@ -112,11 +110,17 @@ def worker_socket(reserved: socket.socket) -> socket.socket:
     """The listening socket a worker accepts on: its own on the reserved port, or the shared one."""
     if not SPREAD_BY_KERNEL:
         return reserved
-    sock = socket.socket(reserved.family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(reserved.getsockname())
+    sock = _reuse_port(reserved.family, reserved.getsockname())
     sock.listen(BACKLOG)
     sock.setblocking(False)
+    return sock
+
+
+def _reuse_port(family: socket.AddressFamily, address: tuple) -> socket.socket:
+    """A TCP socket bound to `address` with SO_REUSEPORT: the port's other such sockets share it."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
     return sock
 
 
@@ -185,11 +189,10 @@ def serve_in_workers(args: argparse.Namespace, worker: Worker) -> int:
                     code = start(index)
                     if code is not None:
                         return 0 if stopping else code or 2
-        _stop_all(processes)
-        return max((process.exitcode or 0 for process in processes), default=0)
     finally:
         _stop_all(processes)
         reserved.close()
+    return max((process.exitcode or 0 for process in processes), default=0)
 
 
 def _await_ready(process: BaseProcess, ready: Connection) -> int | None:
