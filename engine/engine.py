@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,13 +33,14 @@ from ..training.blendshapes import COUNT, REGIONS
 from ..training.calibration import softmax
 from ..training.config import ModelConfig
 from ..training.control_values import (
-    check_prototype, default_emotion, default_level, parse_emotion, parse_level, parse_person,
+    FOLLOW_VOICE, check_prototype, default_emotion, default_level, parse_emotion, parse_level, parse_person,
 )
 from ..training.errors import UserError, require_training
 from ..training.framing import frame_count
 from ..training.input_level import LevelNormaliser, normalise_together
 from ..training.model_files import DEFAULT_ENGINE
 from . import artifact
+from .arousal import LEVEL_MAX, Arousal, frame_pitch
 from .backends import Backend, OnnxRuntimeBackend, batches, require_backend
 from .interface import ENCODER_FRAME_MS, NEVER, PREROLL, audio_end_frame, frames_from_ms
 from .rest_face import REST_SECONDS, relative_to_rest
@@ -65,7 +67,7 @@ class Frame:
 class Controls:
     """What the face does with the voice. Any of them may change between steps."""
 
-    level: float | str | None = None  # emotion level: "low" (0), "high" (1), a blend; None: `default_level`
+    level: float | str | None = None  # emotion level: "low" (0), "high" (1), a blend, "voice"; None: `default_level`
     person: int = 0  # speaking style, one of the model's training speakers
     emotion: str | None = None  # "auto" (from the voice), LABEL[:STRENGTH] ("happy:0.7"), None: calm
     gains: Mapping[str, float] = field(default_factory=dict)  # region (mouth, jaw, brow, ...) -> factor
@@ -78,13 +80,15 @@ class Controls:
 class _Resolved:
     """Controls as the step's input rows."""
 
-    level: float
+    level: float  # fixed, or where the voice's is 0
+    follows_voice: bool  # the level follows the voice's arousal (engine/arousal.py)
     person: np.ndarray
     emotion: np.ndarray
     strength: float
     gains: np.ndarray | None
     voice_gate: bool
-    rest: np.ndarray | None  # the rest face the frames are shown relative to
+    rest: np.ndarray | None  # the rest face the frames are shown relative to (at level 0 where it follows the voice)
+    rest_per_level: np.ndarray | None  # how the rest face moves per unit of a level that follows the voice
     vocal_effort: bool
 
 
@@ -109,7 +113,8 @@ class Stream:
         self._gain_control = LevelNormaliser() if engine.cfg.input_level == "agc" else None
         self._voice = VoiceActivity(engine.voice_model)  # always runs, so the gate can be switched on live
         self._effort = VocalEffort(engine.cfg.fps)
-        self._heard = np.zeros(0, dtype=np.float32)  # the audio from the next frame's window on (vocal effort)
+        self._arousal = Arousal(engine.cfg.fps)
+        self._heard = np.zeros(0, dtype=np.float32)  # the audio from the next frame's window on (vocal effort, arousal)
         self._heard_from = 0  # its first sample's index in the audio
         self.emotion_logits: np.ndarray | None = None
         self.error: str | None = None  # why the engine failed on this stream; it then stops
@@ -211,12 +216,20 @@ class Stream:
         self._preroll_left -= leading
         return chunk, leading
 
-    def _effort_factors(self, count: int) -> np.ndarray:
-        """(count,) the vocal-effort factors of the next `count` frames, whose sound has been heard;
-        the audio before the frame after them is let go."""
+    def _level_input(self) -> float:
+        """The emotion level the next step decodes at."""
+        return self._arousal.level if self._resolved.follows_voice else self._resolved.level
+
+    def _hear_frames(self, count: int) -> np.ndarray:
+        """(count,) the vocal-effort factors of the next `count` frames, whose sound has been heard
+        (the voice's arousal moves on with them); the audio before the frame after them is let go."""
         fps, rate = self._engine.cfg.fps, self._engine.sample_rate
-        factors = np.array([self._effort.factor(frame_level(self._heard, self._heard_from, self.frames_decoded + k,
-                                                            fps, rate)) for k in range(count)], dtype=np.float32)
+        factors = np.ones(count, dtype=np.float32)
+        for k in range(count):
+            frame = self.frames_decoded + k
+            db = frame_level(self._heard, self._heard_from, frame, fps, rate)
+            factors[k] = self._effort.factor(db)
+            self._arousal.hear(db, partial(frame_pitch, self._heard, self._heard_from, frame, fps, rate))
         keep_from = max(window(self.frames_decoded + count, fps, rate)[0], 0)
         self._heard = self._heard[keep_from - self._heard_from:]
         self._heard_from = keep_from
@@ -363,6 +376,8 @@ class Engine:
         cfg = self.cfg
         setting = self.emotion_setting(controls)
         level = self.level_setting(controls)
+        follows_voice = level == FOLLOW_VOICE
+        level = 0.0 if follows_voice else level
         speaker = parse_person(controls.person, cfg.n_persons)
         person = np.zeros(cfg.n_persons, dtype=np.float32)
         person[speaker] = 1.0
@@ -380,9 +395,13 @@ class Engine:
                 if not (isinstance(gain, (int, float)) and math.isfinite(gain) and 0.0 <= gain <= 4.0):
                     raise UserError(f"gain {gain!r} for {region} is not a number from 0 to 4")
                 gains[list(REGIONS[region])] *= float(gain)
-        rest = self.rest_face(level, speaker) if controls.rest_relative else None
-        return _Resolved(level, person, emotion, strength, gains, bool(controls.voice_gate), rest,
-                         bool(controls.vocal_effort))
+        rest = per_level = None
+        if controls.rest_relative:
+            rest = self.rest_face(level, speaker)
+            if follows_voice:
+                per_level = (self.rest_face(LEVEL_MAX, speaker) - rest) / LEVEL_MAX
+        return _Resolved(level, follows_voice, person, emotion, strength, gains, bool(controls.voice_gate), rest,
+                         per_level, bool(controls.vocal_effort))
 
     def rest_face(self, level: float, person: int) -> np.ndarray:
         """(52,) the model's calm face on silence at this level and speaking style (engine/rest_face.py).
@@ -407,8 +426,9 @@ class Engine:
         present = [name in self.prototype_labels for name in self.cfg.emotion_labels]
         return default_emotion(self.cfg.emotion_labels, present)
 
-    def level_setting(self, controls: Controls) -> float:
-        """The emotion level in effect: the one given, or the face's own (`default_level`)."""
+    def level_setting(self, controls: Controls) -> float | str:
+        """The emotion level in effect: the one given, or the face's own (`default_level`); a number,
+        or `FOLLOW_VOICE`."""
         return parse_level(default_level(self.emotion_setting(controls)) if controls.level is None else controls.level)
 
     # -- decoding --
@@ -434,7 +454,7 @@ class Engine:
                 hops, leading = zip(*(s._take_hop() for s in group))
                 inputs = {
                     "audio": self._level_inputs(group, np.stack(hops), leading),
-                    "level": np.array([c.level for c in controls], dtype=np.float32),
+                    "level": np.array([s._level_input() for s in group], dtype=np.float32),
                     "person": np.stack([c.person for c in controls]),
                     "emotion": np.stack([c.emotion for c in controls]),
                     "emotion_strength": np.array([c.strength for c in controls], dtype=np.float32),
@@ -473,14 +493,16 @@ class Engine:
         weights = weights if weights.flags.writeable else weights.copy()
         rest = [i for i, c in enumerate(controls) if c.rest is not None]
         if rest:
-            weights[rest] = relative_to_rest(weights[rest], np.stack([controls[i].rest for i in rest])[:, None])
+            faces = [controls[i].rest if controls[i].rest_per_level is None
+                     else controls[i].rest + members[i]._arousal.level * controls[i].rest_per_level for i in rest]
+            weights[rest] = relative_to_rest(weights[rest], np.stack(faces)[:, None])
         gained = [i for i, c in enumerate(controls) if c.gains is not None]
         if gained:
             gains = np.stack([controls[i].gains for i in gained])[:, None]
             weights[gained] = np.clip(weights[gained] * gains, 0.0, 1.0)
         shown = [weights[i, :n] for i, n in enumerate(counts)]
         for i, (c, n) in enumerate(zip(controls, counts)):
-            factors = members[i]._effort_factors(n)  # every frame moves the speaker's level on
+            factors = members[i]._hear_frames(n)  # every frame moves the speaker's level on
             if c.vocal_effort and n:
                 apply_effort(shown[i], factors)
         gated = [i for i, (c, n) in enumerate(zip(controls, counts)) if c.voice_gate and n]

@@ -51,29 +51,70 @@ def frame_level(audio: np.ndarray, first: int, frame: int, fps: int, sample_rate
     return 10.0 * math.log10(power) if power > 0.0 else None
 
 
+class RunningMean:
+    """The mean of the first `frames` values, then a running mean over about as many."""
+
+    __slots__ = ("_frames", "count", "value")
+
+    def __init__(self, frames: float):
+        self._frames = frames
+        self.count = 0
+        self.value = 0.0
+
+    def add(self, x: float) -> None:
+        self.count += 1
+        self.value += (x - self.value) / min(self.count, self._frames)
+
+
+class VoicedLevel:
+    """The mean level in dB of a voice's frames within `VOICED_WITHIN_DB` of its recent peak (the
+    voice, not the pauses): the mean of the first `seconds`, then a running mean over about
+    `seconds`, so it follows a speaker who moves closer to the microphone."""
+
+    __slots__ = ("_fps", "_peak", "_mean")
+
+    def __init__(self, fps: int, seconds: float):
+        self._fps = fps
+        self._peak = -math.inf
+        self._mean = RunningMean(seconds * fps)
+
+    @property
+    def level(self) -> float:
+        return self._mean.value
+
+    @property
+    def voiced(self) -> int:
+        """Frames the level was taken from."""
+        return self._mean.count
+
+    def hear(self, db: float) -> bool:
+        """Take the next frame's level in dB; True where it counts as the voice."""
+        self._peak = max(db, self._peak - PEAK_FALL_DB_S / self._fps)
+        if self._mean.count and self._mean.value <= self._peak - VOICED_WITHIN_DB:
+            self._mean.count = 0  # the frames so far were a quiet start before the voice, not its level
+        if db <= self._peak - VOICED_WITHIN_DB:
+            return False
+        self._mean.add(db)
+        return True
+
+
 class VocalEffort:
     """One speaker's running level, and each frame's factor for its jaw and lip closure."""
 
-    __slots__ = ("_fps", "_peak", "_level", "_voiced")
+    __slots__ = ("_speaker",)
 
     def __init__(self, fps: int):
-        self._fps = fps
-        self._peak = -math.inf
-        self._level = 0.0
-        self._voiced = 0  # frames the level was taken from
+        self._speaker = VoicedLevel(fps, BASELINE_S)
 
     def factor(self, db: float | None) -> float:
         """The factor of the next frame, whose sound is at `db` (None: digital silence, left alone:
         the voice gate closes the mouth there)."""
         if db is None:
             return 1.0
-        self._peak = max(db, self._peak - PEAK_FALL_DB_S / self._fps)
-        if db > self._peak - VOICED_WITHIN_DB:  # the mean of the frames so far, then a running mean
-            self._voiced += 1
-            self._level += (db - self._level) / min(self._voiced, BASELINE_S * self._fps)
-        if not self._voiced:
+        self._speaker.hear(db)
+        if not self._speaker.voiced:
             return 1.0
-        louder = db - self._level - TYPICAL_ABOVE_MEAN_DB
+        louder = db - self._speaker.level - TYPICAL_ABOVE_MEAN_DB
         return 10.0 ** (EXPONENT * min(max(louder, RANGE_DB[0]), RANGE_DB[1]) / 20.0)
 
 

@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     face.add_argument("--no-vocal-effort", action="store_true",
                       help="leave the jaw's opening to the model (by default it opens wider where the voice is "
                            "louder than its speaker's usual)")
-    face.add_argument("--level", default=None, metavar="low|high|FLOAT",
-                      help="emotion level (default: low for a calm or neutral face, high for another emotion or auto)")
+    face.add_argument("--level", default=None, metavar="low|high|FLOAT|voice",
+                      help="emotion level; voice: following the voice's arousal (default: voice for a calm or neutral "
+                           "face, high for another emotion or auto)")
     face.add_argument("--person", default="0", metavar="N", help="speaking style, 0-23 (default 0)")
     face.add_argument("--smoothing", type=float, default=0.0, metavar="SECONDS", help="causal smoothing time constant (default 0: off)")
     face.add_argument("--no-blink", action="store_true", help="no procedural blinks")

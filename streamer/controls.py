@@ -3,7 +3,7 @@ applied by the streaming loop between two engine steps.
 
     OSC                              JSON
     /emotalk/emotion "happy:0.7"     {"emotion": "happy:0.7"}      auto or LABEL[:STRENGTH]
-    /emotalk/level "high" | 0.4      {"level": "high"} | 0.4       low, high or 0..1
+    /emotalk/level "high" | 0.4      {"level": "high"} | 0.4       low, high, 0..1 or voice (arousal)
     /emotalk/person 3                {"person": 3}                 0..n_persons-1
     /emotalk/gain "mouth" 1.3        {"gain": {"mouth": 1.3}}      region factor 0..4
     /emotalk/smoothing 0.05          {"smoothing": 0.05}           seconds, 0..1
@@ -37,7 +37,7 @@ MAX_JSON_BYTES = 4096
 
 def control_state(engine: Engine, controls: Controls, face: FaceSettings) -> dict[str, object]:
     """The controls in effect as the JSON control messages write them, for a viewer or a page: the
-    emotion setting (the model's default where none was given), the level as a number, every
+    emotion setting (the model's default where none was given), the level (a number, or "voice"), every
     region's gain; and the choices: the emotion labels and the number of persons."""
     return {"emotion": engine.emotion_setting(controls), "level": engine.level_setting(controls),
             "person": parse_person(controls.person, engine.cfg.n_persons),

@@ -170,10 +170,10 @@ def test_the_page_streams_the_microphone_and_draws_the_face_with_live_controls(
     click(browser, "start")
     browser.wait_until("emotalkDemo.state === 'live' && emotalkDemo.frames > 15", 20)
     assert server.stats()["sessions"] == 1
-    # nothing chosen on the page: the session runs the server's defaults (a calm face at level low,
-    # docs/results.md#real-voices), and the form shows them
-    shown = browser.evaluate("['emotion', 'level'].map((id) => document.getElementById(id).value)")
-    assert shown == ["calm", "0"] and browser.evaluate("document.getElementById('emotion-set').textContent") == "calm"
+    # nothing chosen on the page: the session runs the server's defaults (a calm face whose level
+    # follows the voice, docs/results.md#real-voices), and the form shows them
+    shown = browser.evaluate("[document.getElementById('emotion').value, document.getElementById('level-voice').checked]")
+    assert shown == ["calm", True] and browser.evaluate("document.getElementById('emotion-set').textContent") == "calm"
 
     # frames keep coming at the stream's rate, and the jaw moves with the speech
     before, start = browser.evaluate("emotalkDemo.frames"), time.monotonic()

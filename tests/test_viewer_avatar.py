@@ -507,10 +507,12 @@ def test_every_control_on_the_page_reaches_the_stream_and_the_header_shows_the_e
         assert header_emotion(tab) == "calm (set)"  # the model's default, not the voice's "happy"
         options = tab.evaluate("[...document.getElementById('emotion').options].map((o) => o.value)")
         assert options == ["auto", "neutral", "calm", "happy", "sad", "angry", "fearful", "disgusted", "surprised"]
+        assert tab.evaluate("document.getElementById('level-voice').checked")  # the default: following the voice
 
         changes = [("emotion", "sad", lambda c, f: c.emotion == "sad:1.00"),
                    ("strength", 0.4, lambda c, f: c.emotion == "sad:0.40"),
                    ("level", 0.3, lambda c, f: c.level == 0.3),
+                   ("level-voice", True, lambda c, f: c.level == "voice"),
                    ("person", 5, lambda c, f: c.person == 5),
                    ("smoothing", 0.12, lambda c, f: f.smoothing == 0.12),
                    ("blink", False, lambda c, f: f.blink is False),
@@ -532,12 +534,12 @@ def test_every_control_on_the_page_reaches_the_stream_and_the_header_shows_the_e
         board.submit({"emotion": "angry:0.9", "level": 0.2, "gain": {"jaw": 3.0}}, origin="test")
         show(tab, sink, 2, pose(), emotion="happy")
         tab.wait_until("emotalkViewer.controls.level === 0.2")
-        shown = tab.evaluate("['emotion', 'strength', 'level', 'gain-jaw', 'blink'].map((id) => "
+        shown = tab.evaluate("['emotion', 'strength', 'level', 'level-voice', 'gain-jaw', 'blink'].map((id) => "
                              "document.getElementById(id).type === 'checkbox' ? document.getElementById(id).checked "
                              ": document.getElementById(id).value)")
         assert header_emotion(tab) == "angry 0.9 (set)"
         assert tab.exceptions == []
-    assert shown == ["angry", "0.9", "0.2", "3", False]
+    assert shown == ["angry", "0.9", "0.2", False, "3", False]
     assert board.state() == {"emotion": "angry:0.9", "level": 0.2, "person": 5, "smoothing": 0.12, "blink": False,
                              "head_motion": 0.5, "eye_motion": 1.5,
                              "gain": {region: 0.5 + i / 4 for i, region in enumerate(REGIONS)} | {"jaw": 3.0},

@@ -270,7 +270,10 @@ def test_the_bundled_model_on_the_real_voices_gives_a_complete_finite_report(
     assert overall["speech_clips"] >= 20 and overall["noise_clips"] == 2 and overall["bilabials"] >= 30
     assert overall["room_silence_frames"] > 0 and overall["speech_seconds"] > 50
     assert sum(overall["emotions"].values()) == overall["speech_clips"]
-    assert report["controls"] == {"emotion": "calm", "voice_gate": True, "vocal_effort": True}  # a user's defaults
+    assert report["controls"] == {"emotion": "calm", "level": "voice", "voice_gate": True,
+                                  "vocal_effort": True}  # a user's defaults
+    # the calm face's level follows the voice's arousal, and calm read speech leaves it mostly low
+    assert 0.0 < overall["level_mean"] < 0.1 and overall["level_p90"] < 0.25
     assert {c["emotion_shown"] for c in report["clips"]} == {"calm"} and overall["confident_not_calm"] == 0
     names = [c["name"] for c in report["clips"]]
     assert len(set(names)) == len(names) and {"alsa/Noise", "synthetic/white_noise", "arctic/slt_a0009"} <= set(names)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from .errors import UserError
 
 LEVELS = {"low": 0.0, "high": 1.0}
+# The level that follows the voice's arousal, from low to half way up (engine/arousal.py)
+FOLLOW_VOICE = "voice"
 # The face shown unless the user picks an emotion: the first of these the model has a prototype for
 # (docs/model.md#emotion: on real voices the detected emotion is not yet right often enough to show).
 CALM_FACES = ("calm", "neutral")
@@ -63,23 +65,26 @@ def default_emotion(labels: Sequence[str], present: Sequence[bool]) -> str:
 
 
 def default_level(emotion: str) -> str:
-    """The emotion level where none is given: low for a calm or neutral face (a calm face is one of
-    low intensity; with "high" calm speakers got raised brows, docs/results.md#real-voices), high
-    for a named emotion or the voice's own."""
-    return "low" if emotion.split(":")[0].strip().lower() in CALM_FACES else "high"
+    """The emotion level where none is given: for a calm or neutral face, the voice's arousal (a
+    calm face is one of low intensity; with "high" calm speakers got raised brows,
+    docs/results.md#real-voices), high for a named emotion or the voice's own."""
+    return FOLLOW_VOICE if emotion.split(":")[0].strip().lower() in CALM_FACES else "high"
 
 
-def parse_level(text: str | float) -> float:
-    """Emotion level: `low` = 0, `high` = 1, or a number between for a blend of the two."""
+def parse_level(text: str | float) -> float | str:
+    """Emotion level: `low` = 0, `high` = 1, a number between for a blend of the two, or `voice`
+    (`FOLLOW_VOICE`): from low up to half way as the voice is more aroused than its usual."""
     key = str(text).strip().lower()
     if key in LEVELS:
         return LEVELS[key]
+    if key == FOLLOW_VOICE:
+        return FOLLOW_VOICE
     try:
         level = float(key)
     except ValueError:
         level = math.nan
     if not 0.0 <= level <= 1.0:
-        raise UserError(f"emotion level {text!r} is not low, high or a number between 0 and 1")
+        raise UserError(f"emotion level {text!r} is not low, high, voice or a number between 0 and 1")
     return level
 
 

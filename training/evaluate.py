@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..engine.arousal import decoder_levels
 from ..engine.interface import frames_from_ms
 from .audio import read_audio
 from .calibration import expected_calibration_error, softmax
@@ -102,6 +103,7 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
                               "emotion_accuracy": emotion_accuracy(guessed, actual),
                               **calibration_errors(clip_logits, actual, cfg.emotion_temperature),
                               "jitter_ground_truth": pooled_jitter(truths),
+                              "voice_level_by_emotion": voice_level_by_emotion(clips, cfg.fps, cfg.sample_rate),
                               "clips": len(clips), "emotion_clips": len(actual)}
     for name, baseline in baselines.items():
         scores = score_clips(preds[name], truths, templates)
@@ -112,6 +114,23 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
             scores["loudness"] = baseline.loudness
         result[name] = scores
     return result
+
+
+def voice_level_by_emotion(clips: Sequence[ClipInfo], fps: int, sample_rate: int) -> dict[str, float]:
+    """The mean level the default calm face takes (the level `voice`, engine/arousal.py) on each
+    labelled emotion: how it follows the voice's arousal. Each clip is heard after the neutral take
+    of its sentence by its speaker (their usual); clips without one are left out."""
+    neutral = {(c.content, c.person): c for c in clips if c.emotion == "neutral"}
+    levels: dict[str, list[float]] = {}
+    for clip in clips:
+        lead = neutral.get((clip.content, clip.person))
+        if lead is None or lead is clip or not clip.emotion:
+            continue
+        usual, heard = read_audio(lead.wav, sample_rate), read_audio(clip.wav, sample_rate)
+        audio = np.concatenate([usual, heard])
+        level = decoder_levels(audio, len(audio) * fps // sample_rate, fps, sample_rate)
+        levels.setdefault(clip.emotion, []).append(float(level[len(usual) * fps // sample_rate:].mean()))
+    return {emotion: round(float(np.mean(values)), 4) for emotion, values in sorted(levels.items())}
 
 
 @torch.inference_mode()
@@ -168,6 +187,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{key:<18}{_cell(result[key]):>10}{_cell(result['baseline_mean_pose'][key]):>12}"
                      f"{_cell(result['baseline_energy'][key]):>10}")
     lines.append(f"energy baseline loudness scale: {result['baseline_energy'].get('loudness', '-')}")
+    if result.get("voice_level_by_emotion"):
+        lines.append("the calm face's level after a neutral take (follows arousal): " + ", ".join(
+            f"{emotion} {level:.2f}" for emotion, level in result["voice_level_by_emotion"].items()))
     return "\n".join(lines)
 
 

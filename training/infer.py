@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emotion", default=None,
                         help=f"'auto' (from the voice) or LABEL[:STRENGTH], e.g. happy:0.7 "
                              f"(default: {DEFAULT_EMOTION_HELP})")
-    parser.add_argument("--level", default=None, help="emotion level: low, high or a number in [0, 1] (default: "
-                                                     "low for a calm or neutral face, high for another emotion or auto)")
+    parser.add_argument("--level", default=None, help="emotion level: low, high, a number in [0, 1], or voice: "
+                        "following the voice's arousal (default: voice for a calm or neutral face, high for another "
+                        "emotion or auto)")
     parser.add_argument("--person", default="0", help="speaking style, 0..23 (default: 0)")
     parser.add_argument("--lookahead-ms", type=int, default=None, metavar="MS",
                         help="future audio the model waits for, a multiple of 20 ms (default: the model's own, 0 for "
@@ -113,7 +114,7 @@ def _runs_on_engine(args: argparse.Namespace) -> bool:
     return is_artifact(args.model) or (args.model == "default" and bundled_engine_has(None, args.lookahead_ms))
 
 
-def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float | None) -> Take:
+def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float | str | None) -> Take:
     """The streaming engine on the whole file: the same frames as offline inference, no PyTorch."""
     from ..engine import Controls, Engine
     engine = Engine.load(args.model, "onnxruntime", lookahead_ms=args.lookahead_ms)
@@ -124,7 +125,7 @@ def _run_engine(args: argparse.Namespace, audio: np.ndarray, level: float | None
     return Take(weights, probabilities, labels, engine.cfg.fps, parse_emotion(engine.emotion_setting(controls), labels))
 
 
-def _run_torch(args: argparse.Namespace, audio: np.ndarray, level: float | None, lookahead: int | None) -> Take:
+def _run_torch(args: argparse.Namespace, audio: np.ndarray, level: float | str | None, lookahead: int | None) -> Take:
     """The checkpoint's full-context forward pass in PyTorch; `lookahead` in encoder frames (None: the model's)."""
     require_training(f"{PROG} on the checkpoint {args.model} (its full-context PyTorch pass)")
     from .checkpoint import load_model

@@ -105,8 +105,9 @@ def aligned_memory_mask(length: int, device: torch.device | None = None) -> Tens
 
 
 def one_hot_blend(value: Tensor, size: int) -> Tensor:
-    """Indices (B,) -> one-hot; a float level in [0, 1] -> [1 - l, l]; (B, size) weights pass through."""
-    if value.dim() == 2:
+    """Indices (B,) -> one-hot; a float level in [0, 1] -> [1 - l, l]; (B, size) weights, or
+    (B, T, size) for each frame, pass through."""
+    if value.dim() >= 2:
         return value.float()
     if value.is_floating_point() and size == 2:
         return torch.stack([1.0 - value, value], dim=-1)
@@ -211,16 +212,17 @@ class EmoTalk(nn.Module):
         """Fuse content, emotion, level and person and decode (B, T, 52) blendshape weights; the
         decoder attends to `attended` (default: `memory`; `override_emotion` gives both).
 
-        `level` is (B,) indices or floats in [0, 1], or (B, 2) weights; `person` is (B,) indices
-        or (B, 24) weights for a blend of styles.
+        `level` is (B,) indices or floats in [0, 1], (B, 2) weights, or (B, T, 2) for each frame;
+        `person` is (B,) indices or (B, 24) weights for a blend of styles.
         """
         batch, length, _ = content.shape
         emotion = F.relu(self.audio_feature_map_emo2(memory))
         level_emb = self.obj_vector_level(one_hot_blend(level, self.cfg.n_levels).to(content))
+        level_emb = level_emb if level_emb.dim() == 3 else level_emb[:, None, :].expand(batch, length, -1)
         person_emb = self.obj_vector_person(one_hot_blend(person, self.cfg.n_persons).to(content))
         tgt = torch.cat([
             content, emotion,
-            level_emb[:, None, :].expand(batch, length, -1),
+            level_emb,
             person_emb[:, None, :].expand(batch, length, -1),
         ], dim=-1)
         attended = memory if attended is None else attended

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..engine.arousal import LEVEL_MAX, decoder_levels
 from ..engine.interface import ENCODER_FRAME_MS
 from ..engine.rest_face import REST_SECONDS, relative_to_rest
 from ..engine.vocal_effort import apply_effort, frame_factors
 from ..engine.voice_activity import clip_probabilities, gate_articulation
 from .calibration import softmax
-from .control_values import check_prototype, default_emotion
+from .control_values import FOLLOW_VOICE, check_prototype, default_emotion
 from .framing import frame_count
 from .model import EmoTalk
 
@@ -42,14 +43,15 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0,
+def infer(model: EmoTalk, audio: np.ndarray, level: float | str = 1.0, person: int = 0,
           emotion: int | None = None, strength: float = 1.0,
           lookahead: int | None = None, voice_gate: bool = True,
           rest_relative: bool = True, vocal_effort: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(N,) 16 kHz audio -> (T, 52) float32 weights in [0, 1] and the voice's emotion probabilities.
 
     With `emotion` (a label index) the emotion memory moves towards that label's prototype by
-    `strength` (`EmoTalk.override_emotion`); the probabilities stay the voice's own. `voice_gate`
+    `strength` (`EmoTalk.override_emotion`); the probabilities stay the voice's own. `level`
+    `FOLLOW_VOICE` follows the voice's arousal (engine/arousal.py). `voice_gate`
     closes the jaw and lips where no voice is heard, `rest_relative` shows the face relative to
     the model's rest face (engine/rest_face.py) and `vocal_effort` opens the jaw wider where the
     voice is louder than its usual (engine/vocal_effort.py), as the streaming engine does.
@@ -58,18 +60,25 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float = 1.0, person: int = 0
         require_prototype(model, emotion)
     device = next(model.parameters()).device
     frames = frame_count(len(audio), model.cfg.sample_rate, model.cfg.fps)
+    follows_voice = level == FOLLOW_VOICE
+    levels = decoder_levels(audio, frames, model.cfg.fps, model.cfg.sample_rate) if follows_voice else None
     wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(device)
     with eval_mode(model):
         content, memory, logits = model.encode(wave, frames, lookahead)
         attended = None
         if emotion is not None:
             memory, attended = model.override_emotion(memory, emotion, strength)
-        weights = model.decode(content, memory, torch.tensor([level], device=device),
+        level_input = (torch.from_numpy(np.stack([1.0 - levels, levels], axis=-1))[None] if follows_voice
+                       else torch.tensor([level]))
+        weights = model.decode(content, memory, level_input.to(device),
                                torch.tensor([person], device=device), attended)
     probabilities = softmax(logits[0].float().cpu().numpy(), model.cfg.emotion_temperature)
     weights = weights[0].float().clamp(0.0, 1.0).cpu().numpy()
     if rest_relative:
-        weights = relative_to_rest(weights, rest_face(model, level, person, lookahead))
+        rest = rest_face(model, 0.0 if follows_voice else level, person, lookahead)
+        if follows_voice:  # the rest face at each frame's level, as the engine moves it
+            rest = rest + levels[:, None] * ((rest_face(model, LEVEL_MAX, person, lookahead) - rest) / LEVEL_MAX)
+        weights = relative_to_rest(weights, rest)
     if vocal_effort:
         weights = apply_effort(weights, frame_factors(audio, frames, model.cfg.fps, model.cfg.sample_rate))
     if voice_gate:

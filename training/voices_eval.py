@@ -61,8 +61,9 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.arousal import decoder_levels
 from .blendshapes import INDEX, NAMES
-from .control_values import parse_emotion
+from .control_values import FOLLOW_VOICE, parse_emotion
 from .errors import UserError
 from .voices import SILENCE, Aligner, Clip, Phone, find_clips, phones
 
@@ -308,6 +309,7 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
 
     controls = controls or Controls()
     override, strength = parse_emotion(engine.emotion_setting(controls), engine.cfg.emotion_labels)
+    level = engine.level_setting(controls)
 
     if engine.cfg.fps != FPS or engine.sample_rate != SAMPLE_RATE:
         raise UserError(f"the voices evaluation is for {FPS} fps at {SAMPLE_RATE} Hz, not {engine.cfg.fps} fps "
@@ -340,7 +342,7 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
     labels = tuple(engine.cfg.emotion_labels)
 
     rows: list[dict[str, Any]] = []
-    pooled: dict[str, list[np.ndarray]] = {"digital": [], "room": [], "noise": [], "jaw": [], "quiet": []}
+    pooled: dict[str, list[np.ndarray]] = {"digital": [], "room": [], "noise": [], "jaw": [], "quiet": [], "level": []}
     closed = bilabials = 0
     by_clip = {id(item): k for k, item in enumerate(speech)}
     for item, (weights, probabilities) in zip(items, plain):
@@ -376,6 +378,11 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
             pooled["jaw"].append(weights[:, JAW_OPEN])
             pooled["quiet"].append(quiet[k][0][:, JAW_OPEN])
             row.update(quiet_r=_round(r), quiet_ratio=_round(ratio))
+            # the emotion level each frame was decoded at: the calm face's follows the voice's arousal
+            levels = (decoder_levels(audio, len(weights), FPS, SAMPLE_RATE) if level == FOLLOW_VOICE
+                      else np.full(len(weights), level))
+            pooled["level"].append(levels)
+            row["level_mean"] = _round(levels.mean() if len(levels) else 0.0)
         shown, shown_p = (labels[override], strength) if override is not None else (label, probability)
         row.update(emotion=label, emotion_p=_round(probability), emotion_shown=shown, emotion_shown_p=_round(shown_p),
                    upper_max=_round(top), upper_max_channel=channel)
@@ -406,9 +413,11 @@ def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = N
         "upper_max_channel": loudest["upper_max_channel"],
         "upper_max_clip": loudest["name"],
         "upper_max_median": _round(np.median([r["upper_max"] for r in speech_rows])),
+        "level_mean": _round(np.concatenate(pooled["level"]).mean()),
+        "level_p90": _round(p90(np.concatenate(pooled["level"]))),
     }
     return {"fps": FPS, "hop_ms": engine.hop_ms, "lookahead_ms": engine.lookahead_ms,
-            "controls": {"emotion": engine.emotion_setting(controls), "voice_gate": controls.voice_gate,
+            "controls": {"emotion": engine.emotion_setting(controls), "level": level, "voice_gate": controls.voice_gate,
                          "vocal_effort": controls.vocal_effort},
             "emotion_labels": list(labels), "clips": rows, "overall": overall,
             "targets": {k: list(v) for k, v in TARGETS.items()}, "meets": meets(overall)}
@@ -450,6 +459,8 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"{key:<26}{_cell(overall[key], 10)}{target_text(key):>12}  {mark}")
     lines.append(f"emotions on calm speech: {overall['emotions']}; largest upper-face weight "
                  f"{overall['upper_max_channel']} in {overall['upper_max_clip']}")
+    lines.append(f"emotion level ({result['controls']['level']}) on calm speech: mean {overall['level_mean']:.3f}, "
+                 f"p90 {overall['level_p90']:.3f}")
     return "\n".join(lines)
 
 

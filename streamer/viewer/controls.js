@@ -3,8 +3,9 @@
 
    const controls = emotalkControls(form, send, {motion: true});
        fills the (empty, or ending in a status line) <form> with every control: emotion, strength,
-       level, person, smoothing, blink, with `motion` head and eye motion, and a gain per face region;
-       each change calls send(change) with the control's JSON name and value, e.g. {level: 0.5},
+       level (a number, or "voice": following the voice's arousal), person, smoothing, blink, with
+       `motion` head and eye motion, and a gain per face region; each change calls send(change) with
+       the control's JSON name and value, e.g. {level: 0.5}, {level: "voice"},
        {gain: {jaw: 2}}, {emotion: "happy:0.70"}
    controls.emotion()           "auto", or "LABEL:STRENGTH" (two decimals)
    controls.show(state)         sets the inputs to a stream's controls ({"controls": ...}, docs/viewer.md),
@@ -27,6 +28,7 @@ function emotalkControls(form, send, {motion = false} = {}) {
     "<span></span>" +
     range("strength", "strength", 1, 0.05, 1) +
     range("level", "level", 1, 0.05, 1) +
+    label("level-voice", "level follows voice") + '<input id="level-voice" type="checkbox"><span></span>' +
     label("person", "person") + '<input id="person" type="number" min="0" step="1" value="0"><span></span>' +
     range("smoothing", "smoothing", 0.3, 0.01, 0) +
     label("blink", "blink") + '<input id="blink" type="checkbox" checked><span></span>' +
@@ -50,6 +52,9 @@ function emotalkControls(form, send, {motion = false} = {}) {
   $("emotion").addEventListener("change", () => send({emotion: emotion()}));
   slider("strength", () => { if ($("emotion").value !== "auto") send({emotion: emotion()}); });
   for (const id of SLIDERS.slice(1)) slider(id, () => send({[id]: Number($(id).value)}));
+  $("level").addEventListener("change", () => { $("level-voice").checked = false; });
+  $("level-voice").addEventListener("change", () =>
+    send({level: $("level-voice").checked ? "voice" : Number($("level").value)}));
   $("person").addEventListener("change", () => send({person: Number($("person").value)}));
   $("blink").addEventListener("change", () => send({blink: $("blink").checked}));
   form.addEventListener("submit", (event) => event.preventDefault());
@@ -62,7 +67,9 @@ function emotalkControls(form, send, {motion = false} = {}) {
   function show(state) {
     const [chosen, strength] = state.emotion.split(":");
     addEmotions(state.labels);
-    const values = {emotion: chosen, strength: strength === undefined ? 1 : Number(strength), level: state.level,
+    const follows = state.level === "voice";
+    const values = {emotion: chosen, strength: strength === undefined ? 1 : Number(strength),
+                    level: follows ? undefined : state.level,
                     person: state.person, smoothing: state.smoothing,
                     ...(motion ? {head_motion: state.head_motion, eye_motion: state.eye_motion} : {}),
                     ...Object.fromEntries(REGIONS.map((region) => [`gain-${region}`, state.gain[region]]))};
@@ -73,6 +80,7 @@ function emotalkControls(form, send, {motion = false} = {}) {
     }
     $("person").max = state.persons - 1;
     if (document.activeElement !== $("blink")) $("blink").checked = state.blink;
+    if (document.activeElement !== $("level-voice")) $("level-voice").checked = follows;
   }
 
   return Object.freeze({emotion, show});
