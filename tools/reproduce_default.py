@@ -19,7 +19,8 @@ Steps, each skipped when its output already exists (so an interrupted run contin
 2. the `small` model with the paper's objective (and the second stage);
 3. with --ablations, at a smaller budget (--ablation-epochs; the main run keeps a snapshot at the
    same step count): without the emotion-disentangling pairs, and for `natural` without the new
-   voices and without augmentation;
+   voices and without augmentation; for `bundled` also its second stage without augmentation (at
+   the full budget; without the new voices is the first stage, always scored);
 4. scores: the fresh corpus's test split, the cross-voice split, and the real recordings
    (`emotalk-eval --voices`: default controls, `--emotion auto`, and without the voice gate); for
    `bundled` the first stage too (espeak-ng only: the model without the natural voices);
@@ -185,6 +186,12 @@ def reproduce(args: argparse.Namespace) -> int:
             corpus.generate(folder, hours, seed, workers=args.workers, voices=voices)
     both = (espeak, flite)
     budget = args.ablation_epochs
+
+    def tune_run(name: str, first_stage: Path, augment: str) -> Run:
+        """The bundled recipe's second stage: flite's voices and espeak-ng from the first stage's weights."""
+        return Run(name, (tune_espeak, flite), min(TUNE_EPOCHS, args.epochs),
+                   ("--augment", augment, "--init", str(first_stage), "--seed", str(TUNE_SEED)))
+
     data, flags = ((espeak,), ("--augment", "light", "--input-level", "raw")) if bundled else (both, ())
     main_run = Run("run", data, args.epochs, flags, snapshots=(budget,) if args.ablations else ())
     train_run(args, work, main_run)
@@ -193,11 +200,14 @@ def reproduce(args: argparse.Namespace) -> int:
     xvoice_clips = by_split(flite_clips, CALIBRATION_SPLIT) + by_split(load_folder(festival), CALIBRATION_SPLIT)
     if bundled:
         put_normaliser_in_front(checkpoints["model"], flite_clips)
-        tune = Run("tune", (tune_espeak, flite), min(TUNE_EPOCHS, args.epochs),
-                   ("--augment", "light", "--init", str(checkpoints["model"]), "--seed", str(TUNE_SEED)))
+        first_stage = checkpoints["model"]
+        tune = tune_run("tune", first_stage, "light")
         train_run(args, work, tune)
-        checkpoints = {"model": tune.checkpoint(work), "first_stage": checkpoints["model"]}
+        checkpoints = {"model": tune.checkpoint(work), "first_stage": first_stage}
     if args.ablations and bundled:
+        no_augment = tune_run("tune-no-augment", first_stage, "none")  # the second stage without augmentation
+        train_run(args, work, no_augment)
+        checkpoints["without_augmentation"] = no_augment.checkpoint(work)
         checkpoints[f"model_epoch_{budget}"] = work / main_run.name / f"epoch-{budget}"
         no_cross = Run("run-no-cross", data, budget, flags + ("--no-cross",))
         train_run(args, work, no_cross)
