@@ -46,6 +46,8 @@ def test_figures_on_a_fresh_corpus(tmp_path: Path, capsys: pytest.CaptureFixture
     assert scores["lip_mae"] <= 0.5 * mean_pose["lip_mae"]
     assert scores["emotion_accuracy"] >= 0.8
     assert scores["upper_mae"] <= 0.75 * mean_pose["upper_mae"]
+    levels = scores["voice_level_by_emotion"]  # the default calm face lifts with an angry voice, not a calm or sad one
+    assert levels["angry"] >= 0.15 and max(levels["calm"], levels["sad"]) <= 0.05, levels
 
 
 @pytest.mark.skipif(not ALSA_VOICES.is_dir(), reason="alsa-utils sample voices are not installed")

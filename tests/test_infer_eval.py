@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from emotalk_stream.training import config
-from emotalk_stream.training.audio import write_wav
+from emotalk_stream.engine.arousal import decoder_levels
+from emotalk_stream.training.audio import read_audio, write_wav
 from emotalk_stream.training.blendshapes import INDEX, LIVELINK_UDP_ORDER, NAMES
 from emotalk_stream.training.checkpoint import save_checkpoint
 from emotalk_stream.training.config import OFFICIAL_EMOTIONS, EncoderConfig
@@ -292,6 +293,15 @@ def test_evaluate_api_restores_the_training_mode(corpus: Path) -> None:
     assert model.training and result["clips"] == 1 and set(BASELINES) <= set(result)
     with pytest.raises(UserError, match="train split"):
         evaluate(model, by_split(clips, "val"), [])
+
+
+def test_voice_level_by_emotion_hears_each_clip_after_its_neutral_take(corpus: Path) -> None:
+    clips = by_split(load_folder(corpus), "train")  # a_happy has its neutral take; b's clips have none
+    result = evaluate(_model(True), clips, clips)
+    usual, heard = (read_audio(corpus / "clips" / f"{n}.wav", RATE) for n in ("a_neutral", "a_happy"))
+    both = np.concatenate([usual, heard])
+    level = decoder_levels(both, len(both) * 30 // RATE, 30, RATE)[len(usual) * 30 // RATE:].mean()
+    assert result["voice_level_by_emotion"] == {"happy": round(float(level), 4)}
 
 
 def test_eval_table_and_limit(models: dict[str, Path], corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,6 +80,7 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
     truths: list[np.ndarray] = []
     preds: dict[str, list[np.ndarray]] = {"model": [], **{name: [] for name in baselines}}
     guessed, actual, clip_logits = [], [], []
+    voice_levels = VoiceLevelByEmotion(clips, cfg.fps, cfg.sample_rate)
     with eval_mode(model):
         for clip in tqdm(clips, desc="evaluating", file=sys.stderr, disable=not progress):
             audio, labels = read_audio(clip.wav, cfg.sample_rate), read_labels(clip.labels)
@@ -88,6 +89,7 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
                                     level=torch.tensor([clip.level], device=device),
                                     person=torch.tensor([clip.person], device=device),
                                     frame_num=frames, lookahead=lookahead)
+            voice_levels.add(clip, audio)
             truths.append(labels)
             preds["model"].append(weights[0].float().clamp(0.0, 1.0).cpu().numpy())
             for name, baseline in baselines.items():
@@ -103,7 +105,7 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
                               "emotion_accuracy": emotion_accuracy(guessed, actual),
                               **calibration_errors(clip_logits, actual, cfg.emotion_temperature),
                               "jitter_ground_truth": pooled_jitter(truths),
-                              "voice_level_by_emotion": voice_level_by_emotion(clips, cfg.fps, cfg.sample_rate),
+                              "voice_level_by_emotion": voice_levels.result(),
                               "clips": len(clips), "emotion_clips": len(actual)}
     for name, baseline in baselines.items():
         scores = score_clips(preds[name], truths, templates)
@@ -116,21 +118,33 @@ def evaluate(model: EmoTalk, clips: Sequence[ClipInfo], train_clips: Sequence[Cl
     return result
 
 
-def voice_level_by_emotion(clips: Sequence[ClipInfo], fps: int, sample_rate: int) -> dict[str, float]:
+class VoiceLevelByEmotion:
     """The mean level the default calm face takes (the level `voice`, engine/arousal.py) on each
     labelled emotion: how it follows the voice's arousal. Each clip is heard after the neutral take
-    of its sentence by its speaker (their usual); clips without one are left out."""
-    neutral = {(c.content, c.person): c for c in clips if c.emotion == "neutral"}
-    levels: dict[str, list[float]] = {}
-    for clip in clips:
-        lead = neutral.get((clip.content, clip.person))
+    of its sentence by its speaker (their usual); clips without one are left out. It takes the audio
+    `evaluate` has read, and reads a neutral take itself at most once, when it is needed first."""
+
+    def __init__(self, clips: Sequence[ClipInfo], fps: int, sample_rate: int):
+        self.fps, self.sample_rate = fps, sample_rate
+        self.neutral = {(c.content, c.person): c for c in clips if c.emotion == "neutral"}
+        self.usual: dict[Path, np.ndarray] = {}
+        self.levels: dict[str, list[float]] = {}
+
+    def add(self, clip: ClipInfo, audio: np.ndarray) -> None:
+        lead = self.neutral.get((clip.content, clip.person))
+        if lead is clip:
+            self.usual[clip.wav] = audio
         if lead is None or lead is clip or not clip.emotion:
-            continue
-        usual, heard = read_audio(lead.wav, sample_rate), read_audio(clip.wav, sample_rate)
-        audio = np.concatenate([usual, heard])
-        level = decoder_levels(audio, len(audio) * fps // sample_rate, fps, sample_rate)
-        levels.setdefault(clip.emotion, []).append(float(level[len(usual) * fps // sample_rate:].mean()))
-    return {emotion: round(float(np.mean(values)), 4) for emotion, values in sorted(levels.items())}
+            return
+        if lead.wav not in self.usual:
+            self.usual[lead.wav] = read_audio(lead.wav, self.sample_rate)
+        usual = self.usual[lead.wav]
+        both = np.concatenate([usual, audio])
+        level = decoder_levels(both, len(both) * self.fps // self.sample_rate, self.fps, self.sample_rate)
+        self.levels.setdefault(clip.emotion, []).append(float(level[len(usual) * self.fps // self.sample_rate:].mean()))
+
+    def result(self) -> dict[str, float]:
+        return {emotion: round(float(np.mean(values)), 4) for emotion, values in sorted(self.levels.items())}
 
 
 @torch.inference_mode()
