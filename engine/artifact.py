@@ -21,8 +21,8 @@ MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 ARTIFACT_FORMAT = "emotalk-engine"
-ARTIFACT_VERSION = 4  # 2: hops shifted by PREROLL samples, 240 samples of audio context; 3: no weight_norm field;
-# 4: keys and values as rings (ONNX artifacts)
+ARTIFACT_VERSION = 5  # 2: hops shifted by PREROLL samples, 240 samples of audio context; 3: no weight_norm field;
+# 4: keys and values as rings (ONNX artifacts); 5: `auto` shows the detected emotion in proportion to its confidence
 OPSET = 18
 
 

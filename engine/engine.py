@@ -33,7 +33,8 @@ from ..training.blendshapes import COUNT, REGIONS
 from ..training.calibration import softmax
 from ..training.config import ModelConfig
 from ..training.control_values import (
-    FOLLOW_VOICE, check_prototype, default_emotion, default_level, parse_emotion, parse_level, parse_person,
+    FOLLOW_VOICE, auto_strength, check_prototype, default_emotion, default_level, parse_emotion, parse_level,
+    parse_person,
 )
 from ..training.errors import UserError, require_training
 from ..training.framing import frame_count
@@ -383,8 +384,11 @@ class Engine:
         person[speaker] = 1.0
         emotion = np.zeros(len(cfg.emotion_labels), dtype=np.float32)
         label, strength = parse_emotion(setting, cfg.emotion_labels)
-        if label is not None:
-            check_prototype([name in self.prototype_labels for name in cfg.emotion_labels], cfg.emotion_labels, label)
+        present = self.prototypes_present()
+        if label is None:  # auto: the step shows the detected emotion over the calm face (EmoTalk.auto_target)
+            strength = auto_strength(cfg.emotion_labels, present)
+        else:
+            check_prototype(present, cfg.emotion_labels, label)
             emotion[label] = 1.0
         gains = None
         if controls.gains:
@@ -423,8 +427,11 @@ class Engine:
         """The emotion control in effect: the one given, or this model's default (a calm face)."""
         if controls.emotion is not None:
             return controls.emotion
-        present = [name in self.prototype_labels for name in self.cfg.emotion_labels]
-        return default_emotion(self.cfg.emotion_labels, present)
+        return default_emotion(self.cfg.emotion_labels, self.prototypes_present())
+
+    def prototypes_present(self) -> list[bool]:
+        """For each emotion label, whether the model has its prototype (an override or `auto` blends towards it)."""
+        return [name in self.prototype_labels for name in self.cfg.emotion_labels]
 
     def level_setting(self, controls: Controls) -> float | str:
         """The emotion level in effect: the one given, or the face's own (`default_level`); a number,

@@ -38,9 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..training.config import ModelConfig
+from ..training.control_values import calm_row
 from ..training.errors import UserError
 from ..training.framing import ENCODER_HOP, MEL_HOP, N_FFT, POS_CONV_KERNEL
 from ..training.model import EmoTalk, blend_to_prototype, shift_to_prototype
+from ..training.offline import prototypes_present
 from ..training.streaming_encoder import EncoderLayer, StreamingEncoder
 from .interface import (
     AUDIO_CONTEXT, StepInterface, TensorSpec, check_streamable, encoder_state_specs, frame_ratio, input_specs, output_slots,
@@ -218,6 +220,8 @@ class SmallStreamingStep(nn.Module):
         heads = cfg.decoder_heads
         slopes = torch.tensor([2.0 ** (-8.0 * (i + 1) / heads) for i in range(heads)])
         self.register_buffer("alibi_slopes", slopes[None, :, None, None], persistent=False)  # (1, H, 1, 1)
+        calm = calm_row(cfg.emotion_labels, prototypes_present(model))
+        self.register_buffer("calm", torch.tensor(calm), persistent=False)  # the rest of `auto`'s face
 
     @property
     def hop_samples(self) -> int:
@@ -305,8 +309,10 @@ class SmallStreamingStep(nn.Module):
         # affine, so mapping the mean gives the mean memory): the baseline the override shifts.
         seen = states["emo_sum"][:, None, :] + (emo_hidden * counted[..., None]).cumsum(dim=1)
         count = states["emo_count"][:, None] + counted.cumsum(dim=1)
-        baseline = model.audio_feature_map_emo(seen / count.clamp(min=1.0)[..., None])
-        target = (emotion @ model.emotion_prototypes)[:, None, :]  # a label's prototype, or a blend
+        so_far = seen / count.clamp(min=1.0)[..., None]
+        baseline = model.audio_feature_map_emo(so_far)
+        # A label's prototype, or under auto the voice's emotion so far in proportion to its confidence
+        target = model.emotion_target(emotion, model.audio_encoder_emo.classifier(so_far), self.calm)
         attended = shift_to_prototype(memory, baseline, target, emotion_strength)  # as EmoTalk.override_emotion
         memory = blend_to_prototype(memory, target, emotion_strength)
 

@@ -18,9 +18,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..training.control_values import calm_row
 from ..training.errors import UserError
 from ..training.framing import ENCODER_HOP, frame_count
 from ..training.model import EmoTalk, blend_to_prototype, running_mean, shift_to_prototype
+from ..training.offline import prototypes_present
 from .interface import TensorSpec, input_specs, output_specs
 
 CNN_RECEPTIVE_FIELD = 400  # samples of wav2vec2's feature encoder per 50 Hz frame
@@ -46,6 +48,8 @@ class WindowStreamingStep(nn.Module):
         self.frame_origin = CNN_RECEPTIVE_FIELD / 2
         self.samples_per_frame = cfg.sample_rate / cfg.fps
         self.slots = math.ceil(self.hop_samples / self.samples_per_frame) + 1
+        self.register_buffer("calm", torch.tensor(calm_row(cfg.emotion_labels, prototypes_present(model))),
+                             persistent=False)  # the rest of `auto`'s face
 
     def input_specs(self) -> list[TensorSpec]:
         return input_specs(self.cfg, self.hop_samples)
@@ -65,7 +69,8 @@ class WindowStreamingStep(nn.Module):
         received = (step + 1) * self.hop_samples  # samples of the stream up to the window's end
         content = model.encode_content(window, self.window_frames)
         memory, logits = model.encode_emotion(window, self.window_frames)
-        target = (emotion @ model.emotion_prototypes)[:, None, :]
+        # A label's prototype, or under auto the window's emotion in proportion to its confidence
+        target = model.emotion_target(emotion, logits[:, None, :], self.calm)
         # The override as EmoTalk.override_emotion, with the window's running mean as the baseline.
         attended = shift_to_prototype(memory, running_mean(memory), target, emotion_strength)
         memory = blend_to_prototype(memory, target, emotion_strength)

@@ -1,6 +1,7 @@
 """The streaming engine: exact against offline inference, batched, controllable, bounded in memory."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import subprocess
@@ -213,6 +214,24 @@ def test_emotion_estimate_matches_offline(model: EmoTalk, clips: list[np.ndarray
     while engine.is_ready(stream):
         engine.step([stream])
     np.testing.assert_allclose(stream.emotion_probabilities(), infer(model, clips[0])[1], atol=1e-5)
+
+
+def test_auto_shows_calm_when_unsure_and_the_emotion_when_sure(model: EmoTalk, clips: list[np.ndarray]) -> None:
+    """`auto` shows the detected emotion in proportion to its confidence, the rest the calm face."""
+    faces = {}
+    for happy_logit in (0.0, 100.0):  # every label equally likely; happy for certain
+        decided = copy.deepcopy(model)
+        head = decided.audio_encoder_emo.classifier.out_proj
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+            head.bias[decided.cfg.emotion_labels.index("happy")] = happy_logit
+        engine = Engine.from_checkpoint(decided, "torch")
+        faces[happy_logit] = {emotion: engine.process([clips[1]], Controls(level=0.3, emotion=emotion))[0]
+                              for emotion in ("auto", "calm", "happy")}
+    np.testing.assert_allclose(faces[0.0]["auto"], faces[0.0]["calm"], atol=1e-5)
+    np.testing.assert_allclose(faces[100.0]["auto"], faces[100.0]["happy"], atol=1e-5)
+    assert np.abs(faces[0.0]["calm"] - faces[0.0]["happy"]).max() > 0.05  # the two faces differ
 
 
 MEMORY_RUN = """

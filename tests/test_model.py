@@ -11,7 +11,7 @@ from emotalk_stream.training import config
 from emotalk_stream.training.data import time_warp
 from emotalk_stream.training.losses import gather_frames
 from emotalk_stream.training.framing import frame_count
-from emotalk_stream.training.model import EmoTalk, alibi_causal_bias
+from emotalk_stream.training.model import SURE, EmoTalk, alibi_causal_bias, confident_weights
 from emotalk_stream.training.streaming_encoder import LogMel, StreamingEncoder, samples_needed
 
 
@@ -105,13 +105,14 @@ def test_level_blend_and_emotion_override(model: EmoTalk) -> None:
         memory, _ = model.encode_emotion(audio, 30)
     torch.testing.assert_close(low, low_f)
     assert not torch.allclose(mid, low) and not torch.allclose(mid, high)
-    for part in model.override_emotion(memory, 2, 0.0):
+    for part in model.override_emotion(memory, model.emotion_prototypes[2], 0.0):
         torch.testing.assert_close(part, memory)
     model.emotion_prototypes[2] = 1.0
-    expression, attended = model.override_emotion(memory, 2, 1.0)
+    expression, attended = model.override_emotion(memory, model.emotion_prototypes[2], 1.0)
     torch.testing.assert_close(expression, torch.ones_like(memory))
     steady = memory[:, :1].expand_as(memory)  # a voice that never changes is moved onto the prototype
-    torch.testing.assert_close(model.override_emotion(steady, 2, 1.0)[1], torch.ones_like(memory))
+    torch.testing.assert_close(model.override_emotion(steady, model.emotion_prototypes[2], 1.0)[1],
+                               torch.ones_like(memory))
     # The attended memory keeps the voice's own changes: its frame-to-frame steps follow the voice's.
     steps, voice_steps = attended.diff(dim=1).flatten(), memory.diff(dim=1).flatten()
     assert torch.corrcoef(torch.stack([steps, voice_steps]))[0, 1] > 0.5
@@ -157,3 +158,15 @@ def test_long_clips_decode_in_blocks_exactly(model: EmoTalk) -> None:
         finally:
             model_module.DECODE_BLOCK, streaming_encoder.ATTENTION_BLOCK = saved
     torch.testing.assert_close(blocked, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_auto_shows_a_detected_emotion_in_proportion_to_its_confidence() -> None:
+    calm, present = torch.tensor([0.0, 1.0, 0, 0]), torch.tensor([1.0, 1.0, 1.0, 0.0])
+    unsure = torch.tensor([0.1, 0.2, 0.45, 0.25])
+    torch.testing.assert_close(confident_weights(unsure, calm, present), calm)  # no label above SURE: calm
+    sure = torch.tensor([0.05, 0.05, 0.9, 0.0])
+    torch.testing.assert_close(confident_weights(sure, calm, present), torch.tensor([0.0, 0.2, 0.8, 0.0]))
+    # A label without a prototype is never shown, however sure; just above SURE barely shows.
+    torch.testing.assert_close(confident_weights(torch.tensor([0.0, 0.0, 0.0, 1.0]), calm, present), calm)
+    edge = confident_weights(torch.tensor([0.0, 0.0, SURE + 1e-3, 0.5 - 1e-3]), calm, present)
+    assert edge[2] < 0.01 and torch.isclose(edge.sum(), torch.tensor(1.0))

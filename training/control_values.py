@@ -64,6 +64,19 @@ def default_emotion(labels: Sequence[str], present: Sequence[bool]) -> str:
     return "auto"
 
 
+def auto_strength(labels: Sequence[str], present: Sequence[bool]) -> float:
+    """The override strength under `auto`: 1 where the model has a calm face, so that it shows the
+    detected emotion in proportion to its confidence over the calm face (`EmoTalk.auto_target`);
+    0 for a model without prototypes (an official import), whose face the voice's own features set."""
+    return 0.0 if default_emotion(labels, present) == "auto" else 1.0
+
+
+def calm_row(labels: Sequence[str], present: Sequence[bool]) -> list[float]:
+    """The one-hot row of the model's calm face (all zeros where it has none): the rest of `auto`'s face."""
+    setting = default_emotion(labels, present)
+    return [float(setting == label) for label in labels]
+
+
 def default_level(emotion: str) -> str:
     """The emotion level where none is given: for a calm or neutral face, the voice's arousal (a
     calm face is one of low intensity; with "high" calm speakers got raised brows,

@@ -25,6 +25,7 @@ from .wav2vec2 import Wav2Vec2Model, linear_interpolation
 
 
 DECODE_BLOCK = 512  # output frames per decoder call on long clips
+SURE = 0.5  # `auto` shows a detected emotion from this calibrated probability up, wholly at 1
 
 
 def build_backbone(cfg: EncoderConfig, fps: int) -> nn.Module:
@@ -120,6 +121,15 @@ def running_mean(memory: Tensor) -> Tensor:
     return memory.cumsum(dim=1) / count[None, :, None]
 
 
+def confident_weights(probabilities: Tensor, calm: Tensor, present: Tensor) -> Tensor:
+    """(..., labels) calibrated probabilities -> the labels' weights in the face `auto` shows: each
+    label (with a prototype, `present`) by how far its probability is above `SURE` (only one can be),
+    the rest on the calm face (`calm`, a one-hot row). An unsure voice gets the calm face, never a
+    confident wrong one; the weights move continuously as the probabilities do."""
+    shown = ((probabilities - SURE) / (1.0 - SURE)).clamp(min=0.0) * present
+    return shown + (1.0 - shown.sum(dim=-1, keepdim=True)) * calm
+
+
 def blend_to_prototype(memory: Tensor, target: Tensor, strength: Tensor | float) -> Tensor:
     """`memory` blended towards `target` by `strength` ((B,) or a number): the override's expression."""
     if isinstance(strength, Tensor):
@@ -196,16 +206,40 @@ class EmoTalk(nn.Module):
         hidden, logits = self.audio_encoder_emo(heard, frame_num, self._lookahead(lookahead), valid)
         return self.audio_feature_map_emo(hidden), logits
 
-    def override_emotion(self, memory: Tensor, label: int, strength: float) -> tuple[Tensor, Tensor]:
-        """The voice's emotion memory under an emotion override (strength 0..1), as (expression,
+    def encode_as_streamed(self, audio: Tensor, frame_num: int, lookahead: int | None = None
+                           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`encode`, and each frame's emotion logits over the clip up to that frame (B, T, labels),
+        as a stream's step finds them: what `auto` shows at that frame (`auto_target`)."""
+        heard = self.hear(audio)
+        hidden, logits = self.audio_encoder_emo(heard, frame_num, self._lookahead(lookahead))
+        running = self.audio_encoder_emo.classifier(running_mean(hidden))
+        return self._content(heard, frame_num, lookahead), self.audio_feature_map_emo(hidden), logits, running
+
+    def auto_target(self, logits: Tensor, calm: Tensor) -> Tensor:
+        """(..., labels) emotion logits -> (..., d_model) the emotion memory `auto` moves the face to:
+        the detected emotion's prototype in proportion to its confidence (`confident_weights`, with
+        the model's calibration), the rest the calm face's (`calm`: its one-hot row)."""
+        probabilities = torch.softmax(logits / self.cfg.emotion_temperature, dim=-1)
+        present = (self.emotion_prototypes.abs().sum(dim=-1) > 0).to(logits.dtype)
+        return confident_weights(probabilities, calm, present) @ self.emotion_prototypes
+
+    def emotion_target(self, emotion: Tensor, logits: Tensor, calm: Tensor) -> Tensor:
+        """A streaming step's override target per frame, (B, T, d_model): the chosen label's
+        prototype (`emotion`: (B, labels) one-hot rows), or where the row is all zeros (`auto`)
+        `auto_target` of the frame's emotion logits (B, T, labels)."""
+        chosen = (emotion @ self.emotion_prototypes)[:, None, :]
+        return chosen + (1.0 - emotion.sum(dim=-1))[:, None, None] * self.auto_target(logits, calm)
+
+    def override_emotion(self, memory: Tensor, target: Tensor, strength: float) -> tuple[Tensor, Tensor]:
+        """The voice's emotion memory under an emotion override (strength 0..1) towards `target` (a
+        label's prototype, (d_model,), or `auto_target`'s (B, T, d_model)), as (expression,
         attended). The expression, the decoder's input row that sets the face, is blended towards
-        the label's prototype. The attended memory keeps the voice's moment-to-moment changes
-        (stress, effort, which the mouth follows) and moves its running mean, the speaker's
-        baseline, to the prototype; causal, as streaming is. On real voices this keeps the face
-        calm without flattening the mouth (docs/model.md, emotion override)."""
-        prototype = self.emotion_prototypes[label]
-        return (blend_to_prototype(memory, prototype, strength),
-                shift_to_prototype(memory, running_mean(memory), prototype, strength))
+        the target. The attended memory keeps the voice's moment-to-moment changes (stress,
+        effort, which the mouth follows) and moves its running mean, the speaker's baseline, to the
+        target; causal, as streaming is. On real voices this keeps the face calm without flattening
+        the mouth (docs/model.md, emotion override)."""
+        return (blend_to_prototype(memory, target, strength),
+                shift_to_prototype(memory, running_mean(memory), target, strength))
 
     def decode(self, content: Tensor, memory: Tensor, level: Tensor, person: Tensor,
                attended: Tensor | None = None) -> Tensor:

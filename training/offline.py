@@ -16,7 +16,7 @@ from ..engine.rest_face import REST_SECONDS, relative_to_rest
 from ..engine.vocal_effort import apply_effort, frame_factors
 from ..engine.voice_activity import clip_probabilities, gate_articulation
 from .calibration import softmax
-from .control_values import FOLLOW_VOICE, check_prototype, default_emotion
+from .control_values import FOLLOW_VOICE, auto_strength, calm_row, check_prototype, default_emotion
 from .framing import frame_count
 from .model import EmoTalk
 
@@ -50,7 +50,9 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float | str = 1.0, person: i
     """(N,) 16 kHz audio -> (T, 52) float32 weights in [0, 1] and the voice's emotion probabilities.
 
     With `emotion` (a label index) the emotion memory moves towards that label's prototype by
-    `strength` (`EmoTalk.override_emotion`); the probabilities stay the voice's own. `level`
+    `strength` (`EmoTalk.override_emotion`); with None (`auto`) towards the detected emotion in
+    proportion to its confidence so far, the rest calm (`EmoTalk.auto_target`; the voice's own
+    features for a model without prototypes). The probabilities stay the voice's own. `level`
     `FOLLOW_VOICE` follows the voice's arousal (engine/arousal.py). `voice_gate`
     closes the jaw and lips where no voice is heard, `rest_relative` shows the face relative to
     the model's rest face (engine/rest_face.py) and `vocal_effort` opens the jaw wider where the
@@ -64,10 +66,14 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float | str = 1.0, person: i
     levels = decoder_levels(audio, frames, model.cfg.fps, model.cfg.sample_rate) if follows_voice else None
     wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(device)
     with eval_mode(model):
-        content, memory, logits = model.encode(wave, frames, lookahead)
-        attended = None
-        if emotion is not None:
-            memory, attended = model.override_emotion(memory, emotion, strength)
+        content, memory, logits, running = model.encode_as_streamed(wave, frames, lookahead)
+        if emotion is None:  # auto: the detected emotion in proportion to its confidence, over the calm face
+            present = prototypes_present(model)
+            strength = auto_strength(model.cfg.emotion_labels, present)
+            target = model.auto_target(running, torch.tensor(calm_row(model.cfg.emotion_labels, present)).to(running))
+        else:
+            target = model.emotion_prototypes[emotion]
+        memory, attended = model.override_emotion(memory, target, strength)
         level_input = (torch.from_numpy(np.stack([1.0 - levels, levels], axis=-1))[None] if follows_voice
                        else torch.tensor([level]))
         weights = model.decode(content, memory, level_input.to(device),
