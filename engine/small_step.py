@@ -312,7 +312,7 @@ class SmallStreamingStep(nn.Module):
         so_far = seen / count.clamp(min=1.0)[..., None]
         baseline = model.audio_feature_map_emo(so_far)
         # A label's prototype, or under auto the voice's emotion so far in proportion to its confidence
-        target = model.emotion_target(emotion, model.audio_encoder_emo.classifier(so_far), self.calm)
+        target = model.emotion_target(emotion, model.audio_encoder_emo.classifier(so_far), count, self.calm)
         attended = shift_to_prototype(memory, baseline, target, emotion_strength)  # as EmoTalk.override_emotion
         memory = blend_to_prototype(memory, target, emotion_strength)
 

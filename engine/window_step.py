@@ -70,7 +70,8 @@ class WindowStreamingStep(nn.Module):
         content = model.encode_content(window, self.window_frames)
         memory, logits = model.encode_emotion(window, self.window_frames)
         # A label's prototype, or under auto the window's emotion in proportion to its confidence
-        target = model.emotion_target(emotion, logits[:, None, :], self.calm)
+        heard = (received * self.cfg.fps / self.cfg.sample_rate)[:, None]  # the frames the window's emotion rests on
+        target = model.emotion_target(emotion, logits[:, None, :], heard, self.calm)
         # The override as EmoTalk.override_emotion, with the window's running mean as the baseline.
         attended = shift_to_prototype(memory, running_mean(memory), target, emotion_strength)
         memory = blend_to_prototype(memory, target, emotion_strength)

@@ -161,12 +161,15 @@ def test_long_clips_decode_in_blocks_exactly(model: EmoTalk) -> None:
 
 
 def test_auto_shows_a_detected_emotion_in_proportion_to_its_confidence() -> None:
-    calm, present = torch.tensor([0.0, 1.0, 0, 0]), torch.tensor([1.0, 1.0, 1.0, 0.0])
+    calm, present, full = torch.tensor([0.0, 1.0, 0, 0]), torch.tensor([1.0, 1.0, 1.0, 0.0]), torch.tensor(1.0)
     unsure = torch.tensor([0.1, 0.2, 0.45, 0.25])
-    torch.testing.assert_close(confident_weights(unsure, calm, present), calm)  # no label above SURE: calm
+    torch.testing.assert_close(confident_weights(unsure, calm, present, full), calm)  # no label above SURE: calm
     sure = torch.tensor([0.05, 0.05, 0.9, 0.0])
-    torch.testing.assert_close(confident_weights(sure, calm, present), torch.tensor([0.0, 0.2, 0.8, 0.0]))
+    torch.testing.assert_close(confident_weights(sure, calm, present, full), torch.tensor([0.0, 0.2, 0.8, 0.0]))
+    # Half the evidence (early in a stream) shows half as much.
+    torch.testing.assert_close(confident_weights(sure, calm, present, torch.tensor(0.5)),
+                               torch.tensor([0.0, 0.6, 0.4, 0.0]))
     # A label without a prototype is never shown, however sure; just above SURE barely shows.
-    torch.testing.assert_close(confident_weights(torch.tensor([0.0, 0.0, 0.0, 1.0]), calm, present), calm)
-    edge = confident_weights(torch.tensor([0.0, 0.0, SURE + 1e-3, 0.5 - 1e-3]), calm, present)
+    torch.testing.assert_close(confident_weights(torch.tensor([0.0, 0.0, 0.0, 1.0]), calm, present, full), calm)
+    edge = confident_weights(torch.tensor([0.0, 0.0, SURE + 1e-3, 0.5 - 1e-3]), calm, present, full)
     assert edge[2] < 0.01 and torch.isclose(edge.sum(), torch.tensor(1.0))

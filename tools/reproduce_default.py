@@ -28,7 +28,8 @@ Steps, each skipped when its output already exists (so an interrupted run contin
    package as the bundled default and exported beside it as the bundled engine artifact (hop 20 ms,
    the model's look-ahead), which the runtime runs on ONNX Runtime.
 
-About 2 h (`bundled`) or 1 h 50 min (`natural`) on 2 cores without --ablations.
+1 h 18 min (`bundled`, timed: docs/results.md#a-timed-rebuild-from-nothing) or about 1 h 50 min
+(`natural`) on 2 cores without --ablations.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from .wav2vec2 import Wav2Vec2Model, linear_interpolation
 
 DECODE_BLOCK = 512  # output frames per decoder call on long clips
 SURE = 0.5  # `auto` shows a detected emotion from this calibrated probability up, wholly at 1
+EVIDENCE_S = 2.0  # and in full only once this much of the stream is heard: a few frames are no evidence
 
 
 def build_backbone(cfg: EncoderConfig, fps: int) -> nn.Module:
@@ -121,12 +122,13 @@ def running_mean(memory: Tensor) -> Tensor:
     return memory.cumsum(dim=1) / count[None, :, None]
 
 
-def confident_weights(probabilities: Tensor, calm: Tensor, present: Tensor) -> Tensor:
+def confident_weights(probabilities: Tensor, calm: Tensor, present: Tensor, evidence: Tensor) -> Tensor:
     """(..., labels) calibrated probabilities -> the labels' weights in the face `auto` shows: each
     label (with a prototype, `present`) by how far its probability is above `SURE` (only one can be),
-    the rest on the calm face (`calm`, a one-hot row). An unsure voice gets the calm face, never a
-    confident wrong one; the weights move continuously as the probabilities do."""
-    shown = ((probabilities - SURE) / (1.0 - SURE)).clamp(min=0.0) * present
+    times `evidence` (...,) (0 to 1: how much of the stream the probabilities rest on), the rest on
+    the calm face (`calm`, a one-hot row). An unsure voice gets the calm face, never a confident
+    wrong one; the weights move continuously as the probabilities do."""
+    shown = ((probabilities - SURE) / (1.0 - SURE)).clamp(min=0.0) * present * evidence[..., None]
     return shown + (1.0 - shown.sum(dim=-1, keepdim=True)) * calm
 
 
@@ -215,20 +217,22 @@ class EmoTalk(nn.Module):
         running = self.audio_encoder_emo.classifier(running_mean(hidden))
         return self._content(heard, frame_num, lookahead), self.audio_feature_map_emo(hidden), logits, running
 
-    def auto_target(self, logits: Tensor, calm: Tensor) -> Tensor:
-        """(..., labels) emotion logits -> (..., d_model) the emotion memory `auto` moves the face to:
-        the detected emotion's prototype in proportion to its confidence (`confident_weights`, with
-        the model's calibration), the rest the calm face's (`calm`: its one-hot row)."""
+    def auto_target(self, logits: Tensor, heard: Tensor, calm: Tensor) -> Tensor:
+        """(..., labels) emotion logits over `heard` (...,) frames of the stream -> (..., d_model) the
+        emotion memory `auto` moves the face to: the detected emotion's prototype in proportion to
+        its confidence (`confident_weights`, with the model's calibration, in full after
+        `EVIDENCE_S`), the rest the calm face's (`calm`: its one-hot row)."""
         probabilities = torch.softmax(logits / self.cfg.emotion_temperature, dim=-1)
         present = (self.emotion_prototypes.abs().sum(dim=-1) > 0).to(logits.dtype)
-        return confident_weights(probabilities, calm, present) @ self.emotion_prototypes
+        evidence = (heard.to(logits.dtype) / (EVIDENCE_S * self.cfg.fps)).clamp(max=1.0)
+        return confident_weights(probabilities, calm, present, evidence) @ self.emotion_prototypes
 
-    def emotion_target(self, emotion: Tensor, logits: Tensor, calm: Tensor) -> Tensor:
+    def emotion_target(self, emotion: Tensor, logits: Tensor, heard: Tensor, calm: Tensor) -> Tensor:
         """A streaming step's override target per frame, (B, T, d_model): the chosen label's
         prototype (`emotion`: (B, labels) one-hot rows), or where the row is all zeros (`auto`)
-        `auto_target` of the frame's emotion logits (B, T, labels)."""
+        `auto_target` of the frame's emotion logits (B, T, labels) over `heard` (B, T) frames."""
         chosen = (emotion @ self.emotion_prototypes)[:, None, :]
-        return chosen + (1.0 - emotion.sum(dim=-1))[:, None, None] * self.auto_target(logits, calm)
+        return chosen + (1.0 - emotion.sum(dim=-1))[:, None, None] * self.auto_target(logits, heard, calm)
 
     def override_emotion(self, memory: Tensor, target: Tensor, strength: float) -> tuple[Tensor, Tensor]:
         """The voice's emotion memory under an emotion override (strength 0..1) towards `target` (a

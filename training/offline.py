@@ -70,7 +70,8 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float | str = 1.0, person: i
         if emotion is None:  # auto: the detected emotion in proportion to its confidence, over the calm face
             present = prototypes_present(model)
             strength = auto_strength(model.cfg.emotion_labels, present)
-            target = model.auto_target(running, torch.tensor(calm_row(model.cfg.emotion_labels, present)).to(running))
+            heard = torch.arange(1, frames + 1, device=device)[None]  # frames the running emotion rests on
+            target = model.auto_target(running, heard, torch.tensor(calm_row(model.cfg.emotion_labels, present)).to(running))
         else:
             target = model.emotion_prototypes[emotion]
         memory, attended = model.override_emotion(memory, target, strength)
