@@ -68,10 +68,10 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float | str = 1.0, person: i
     with eval_mode(model):
         content, memory, logits, running = model.encode_as_streamed(wave, frames, lookahead)
         if emotion is None:  # auto: the detected emotion in proportion to its confidence, over the calm face
-            present = prototypes_present(model)
-            strength = auto_strength(model.cfg.emotion_labels, present)
+            labels, present = model.cfg.emotion_labels, prototypes_present(model)
+            strength = auto_strength(labels, present)
             heard = torch.arange(1, frames + 1, device=device)[None]  # frames the running emotion rests on
-            target = model.auto_target(running, heard, torch.tensor(calm_row(model.cfg.emotion_labels, present)).to(running))
+            target = model.auto_target(running, heard, torch.tensor(calm_row(labels, present)).to(running))
         else:
             target = model.emotion_prototypes[emotion]
         memory, attended = model.override_emotion(memory, target, strength)
