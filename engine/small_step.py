@@ -312,7 +312,8 @@ class SmallStreamingStep(nn.Module):
         so_far = seen / count.clamp(min=1.0)[..., None]
         baseline = model.audio_feature_map_emo(so_far)
         # A label's prototype, or under auto the voice's emotion so far in proportion to its confidence
-        target = model.emotion_target(emotion, model.audio_encoder_emo.classifier(so_far), count, self.calm)
+        logits = model.audio_encoder_emo.classifier(so_far)  # each frame's emotion so far; the last slot's is the stream's
+        target = model.emotion_target(emotion, logits, count, self.calm)
         attended = shift_to_prototype(memory, baseline, target, emotion_strength)  # as EmoTalk.override_emotion
         memory = blend_to_prototype(memory, target, emotion_strength)
 
@@ -327,9 +328,7 @@ class SmallStreamingStep(nn.Module):
 
         weights = model.bs_map_r(decoded).clamp(0.0, 1.0)
         new["emo_sum"], new["emo_count"] = seen[:, -1], count[:, -1]
-        pooled = new["emo_sum"] / new["emo_count"].clamp(min=1.0)[:, None]
-        logits = model.audio_encoder_emo.classifier(pooled)
-        return {"weights": weights, "n_frames": n_frames, "emotion_logits": logits}, new, store.at
+        return {"weights": weights, "n_frames": n_frames, "emotion_logits": logits[:, -1]}, new, store.at
 
 
 def step_interface(step: nn.Module) -> StepInterface:
