@@ -36,7 +36,7 @@ from ..training.model_files import SAMPLE_SPEECH
 
 PROG = "emotalk-soak"
 RECEIVE_BUFFER = 8 * 2**20
-CHURN_EVERY_S = 5.0  # a second WebSocket client connects and leaves this often
+CHURN_EVERY_S = 5.0  # a second WebSocket client connects and leaves this often, in seconds of audio streamed
 
 
 class UdpCounter:
@@ -164,7 +164,7 @@ def soak(seconds: float, fps: int, warmup: float, engine: str | None) -> dict[st
         url = f"ws://127.0.0.1:{ws_port}/ws"
         client = WsClient(url)
         samples: list[tuple[float, float, int]] = []  # (audio seconds, rss MB, fds)
-        next_churn = time.monotonic() + CHURN_EVERY_S
+        next_churn = CHURN_EVERY_S  # in the stream's time, so an unpaced run churns as often per minute of audio
         churned = 0
         try:
             while process.poll() is None:
@@ -173,10 +173,11 @@ def soak(seconds: float, fps: int, warmup: float, engine: str | None) -> dict[st
                     rss, fds = proc_status(process.pid)
                 except OSError:
                     break
+                streamed = len(client.frames) / fps
                 if not client.final:  # streaming, not shutting down (which frees and allocates)
-                    samples.append((len(client.frames) / fps, rss, fds))
-                if time.monotonic() > next_churn and not client.final:
-                    next_churn += CHURN_EVERY_S
+                    samples.append((streamed, rss, fds))
+                if streamed > next_churn and not client.final:
+                    next_churn = streamed + CHURN_EVERY_S
                     try:
                         with connect(url, open_timeout=5):
                             churned += 1
