@@ -216,20 +216,38 @@ def test_emotion_estimate_matches_offline(model: EmoTalk, clips: list[np.ndarray
     np.testing.assert_allclose(stream.emotion_probabilities(), infer(model, clips[0])[1], atol=1e-5)
 
 
-def test_auto_shows_calm_when_unsure_and_the_emotion_when_sure(model: EmoTalk, clips: list[np.ndarray]) -> None:
-    """`auto` shows the detected emotion in proportion to its confidence, the rest the calm face;
-    in full once EVIDENCE_S of the stream is heard."""
-    clip, faces = np.tile(clips[0], 2), {}  # 10 s
-    for happy_logit in (0.0, 100.0):  # every label equally likely; happy for certain
+def faces_under_a_decided_head(model: EmoTalk, clip: np.ndarray, **engine_args: object
+                               ) -> dict[float, dict[str, np.ndarray]]:
+    """The faces of `clip` under auto, calm and happy with the emotion head forced to every label
+    equally likely (0.0) and to happy for certain (100.0)."""
+    faces = {}
+    for happy_logit in (0.0, 100.0):
         decided = copy.deepcopy(model)
         head = decided.audio_encoder_emo.classifier.out_proj
         with torch.no_grad():
             head.weight.zero_()
             head.bias.zero_()
             head.bias[decided.cfg.emotion_labels.index("happy")] = happy_logit
-        engine = Engine.from_checkpoint(decided, "torch")
+        decided.audio_encoder_emo.classifier.familiar_range.zero_()  # sure of every voice
+        engine = Engine.from_checkpoint(decided, "torch", **engine_args)
         faces[happy_logit] = {emotion: engine.process([clip], Controls(level=0.3, emotion=emotion))[0]
                               for emotion in ("auto", "calm", "happy")}
+    return faces
+
+
+@pytest.mark.parametrize("family", ["small", "large"])
+def test_auto_shows_calm_when_unsure_and_the_emotion_when_sure(model: EmoTalk, clips: list[np.ndarray],
+                                                                family: str) -> None:
+    """`auto` shows the detected emotion in proportion to its confidence, the rest the calm face;
+    in full once EVIDENCE_S of the stream is heard: in the small step and in the large family's
+    sliding windows (given prototypes, as training fills them)."""
+    clip = np.tile(clips[0], 2)  # 10 s
+    if family == "small":
+        faces = faces_under_a_decided_head(model, clip)
+    else:
+        tiny = tiny_large_model(emotion_labels=model.cfg.emotion_labels)
+        torch.nn.init.normal_(tiny.emotion_prototypes, std=1.0)
+        faces = faces_under_a_decided_head(tiny, clip, hop_ms=40, lookahead_ms=100)
     np.testing.assert_allclose(faces[0.0]["auto"], faces[0.0]["calm"], atol=1e-5)
     sure = faces[100.0]
     assert np.abs(sure["calm"] - sure["happy"]).max() > 0.05  # the two faces differ
@@ -381,14 +399,20 @@ def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert all(line.startswith("emotalk-export: error:") for line in errors)
 
 
-def test_large_family_streams_with_sliding_windows(clips: list[np.ndarray]) -> None:
+def tiny_large_model(**changes: object) -> EmoTalk:
+    """A `large`-family model (wav2vec2 encoders, sliding windows) small enough for a test."""
     torch.manual_seed(0)
     w2v = EncoderConfig(kind="wav2vec2", hidden=32, layers=1, heads=1, ffn=48, conv_dim=16,
                         pos_conv_kernel=8, pos_conv_groups=4)
     cfg = dataclasses.replace(config.large(), content=w2v, emotion=dataclasses.replace(w2v), content_dim=16,
-                              emotion_dim=8, level_dim=4, person_dim=4, decoder_ffn=24)
+                              emotion_dim=8, level_dim=4, person_dim=4, decoder_ffn=24, **changes)
     tiny = EmoTalk(cfg).eval()
     torch.nn.init.normal_(tiny.bs_map_r.weight, std=0.5)
+    return tiny
+
+
+def test_large_family_streams_with_sliding_windows(clips: list[np.ndarray]) -> None:
+    tiny = tiny_large_model()
     engine = Engine.from_checkpoint(tiny, "torch", hop_ms=40, lookahead_ms=100)
     clip = clips[1]
     out = engine.process([clip])[0]

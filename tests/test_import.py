@@ -20,8 +20,8 @@ from emotalk_stream.training.checkpoint import load_model, save_checkpoint
 from emotalk_stream.training.model_files import model_hash
 from emotalk_stream.training.config import OFFICIAL_EMOTIONS, EncoderConfig, ModelConfig, large
 from emotalk_stream.training.errors import UserError
-from emotalk_stream.training.importer import main
-from emotalk_stream.training.model import EmoTalk
+from emotalk_stream.training.importer import OURS_ONLY, main
+from emotalk_stream.training.model import FAMILIARITY_KEYS, EmoTalk
 from emotalk_stream.training.wav2vec2 import Wav2Vec2Model
 
 G_NEW = "parametrizations.weight.original0"
@@ -60,7 +60,8 @@ def old_spelling(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def official_state(model: EmoTalk) -> dict[str, torch.Tensor]:
     state = dict(model.state_dict())
-    del state["emotion_prototypes"]  # ours; official checkpoints do not have it
+    for key in OURS_ONLY:  # ours; official checkpoints do not have them
+        del state[key]
     return state
 
 
@@ -177,6 +178,15 @@ def test_checkpoint_round_trip_hash_and_old_spelling(tmp_path: Path, reference: 
         torch.testing.assert_close(run_outputs(loaded)[0], run_outputs(reference)[0], rtol=0, atol=0)
     save_file(old_spelling(load_file(weights)), weights)  # the other weight-norm spelling loads too
     torch.testing.assert_close(run_outputs(load_model(folder))[0], run_outputs(reference)[0], rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_before_the_familiar_region_loads_with_it_unset(tmp_path: Path, reference: EmoTalk) -> None:
+    folder = save_checkpoint(reference, tmp_path / "ckpt")
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k not in FAMILIARITY_KEYS}, folder / "model.safetensors")
+    head = load_model(folder).audio_encoder_emo.classifier
+    assert not head.familiar_range.any()  # unset: the head trusts every voice, as it did
+    torch.testing.assert_close(run_outputs(load_model(folder))[1], run_outputs(reference)[1], rtol=0, atol=0)
 
 
 def test_load_model_names_keys_that_do_not_fit_the_config(tmp_path: Path, reference: EmoTalk) -> None:

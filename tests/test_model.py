@@ -11,7 +11,7 @@ from emotalk_stream.training import config
 from emotalk_stream.training.data import time_warp
 from emotalk_stream.training.losses import gather_frames
 from emotalk_stream.training.framing import frame_count
-from emotalk_stream.training.model import SURE, EmoTalk, alibi_causal_bias, confident_weights
+from emotalk_stream.training.model import SURE, ClassificationHead, EmoTalk, alibi_causal_bias, confident_weights
 from emotalk_stream.training.streaming_encoder import LogMel, StreamingEncoder, samples_needed
 
 
@@ -173,3 +173,19 @@ def test_auto_shows_a_detected_emotion_in_proportion_to_its_confidence() -> None
     torch.testing.assert_close(confident_weights(torch.tensor([0.0, 0.0, 0.0, 1.0]), calm, present, full), calm)
     edge = confident_weights(torch.tensor([0.0, 0.0, SURE + 1e-3, 0.5 - 1e-3]), calm, present, full)
     assert edge[2] < 0.01 and torch.isclose(edge.sum(), torch.tensor(1.0))
+
+
+def test_the_emotion_head_is_unsure_far_from_the_features_it_was_fitted_on() -> None:
+    torch.manual_seed(0)
+    head = ClassificationHead(4, 3).eval()
+    near, middle, far = torch.tensor([[0.5, 0, 0, 0]]), torch.tensor([[0, 3.0, 0, 0]]), torch.tensor([[0, 0, 9.0, 0]])
+    plain = [head(x) for x in (near, middle, far)]
+    assert all(not torch.equal(p, torch.zeros_like(p)) for p in plain)  # no known region: trusted everywhere
+
+    head.familiar_precision.copy_(torch.eye(4))  # unit covariance around 0: the distance is the norm
+    head.familiar_range.copy_(torch.tensor([2.0, 4.0]))
+    assert torch.equal(head(near), plain[0])  # inside: the logits as they were
+    assert torch.allclose(head(middle), 0.5 * plain[1])  # halfway between the edges: half as sure
+    assert torch.equal(head(far), torch.zeros_like(plain[2]))  # beyond: every label alike
+    head.dropout.p = 0.0
+    assert torch.equal(head.train()(far), plain[2])  # training fits the plain logits

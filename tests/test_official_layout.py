@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from emotalk_stream.training import config
-from emotalk_stream.training.model import EmoTalk
+from emotalk_stream.training.importer import OURS_ONLY
+from emotalk_stream.training.model import FAMILIARITY_KEYS, EmoTalk
 
 OFFICIAL_TENSORS = 882
 OFFICIAL_PARAMETERS = 640_570_427
@@ -106,11 +107,11 @@ def test_every_official_key_exists_with_its_shape(large_model: EmoTalk) -> None:
     assert not wrong, f"official key: (official shape, ours): {wrong}"
 
 
-def test_only_our_buffer_is_extra(large_model: EmoTalk) -> None:
+def test_only_our_buffers_are_extra(large_model: EmoTalk) -> None:
     official = {as_ours(k) for k in official_keys()}
     extra = set(large_model.state_dict()) - official
-    assert extra == {"emotion_prototypes"}
-    assert len(large_model.state_dict()) == OFFICIAL_TENSORS + 1
+    assert extra == set(OURS_ONLY) == {"emotion_prototypes", *FAMILIARITY_KEYS}
+    assert len(large_model.state_dict()) == OFFICIAL_TENSORS + len(OURS_ONLY)
 
 
 def test_parameter_count_is_exact(large_model: EmoTalk) -> None:

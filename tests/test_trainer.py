@@ -15,6 +15,7 @@ import torch
 from emotalk_stream.training import config, corpus, trainer
 from emotalk_stream.training.checkpoint import load_model
 from emotalk_stream.training.data import by_split, load_folder, pair_groups
+from emotalk_stream.training.emotion_head import pooled_features, refit_emotion_head
 from emotalk_stream.training.losses import EmoTalkLoss
 from emotalk_stream.training.model import EmoTalk
 from emotalk_stream.training.model_files import model_hash
@@ -68,6 +69,7 @@ def test_train_checkpoints_and_resumes(tiny_corpus: Path, one_epoch: Path, tmp_p
     best = load_model(run / "best")
     assert best.emotion_prototypes.abs().sum() > 0  # filled for --emotion overrides
     assert best.cfg.extra["cross_reconstruction"] is True
+    assert 0 < best.cfg.extra["emotion_head_refit"]["val_emotion_accuracy"] <= 1
     assert json.loads((run / "last" / "trainer.json").read_text())["finished"] is True
 
     assert trainer.main(train_args(tiny_corpus, run, "--epochs", "1")) == 2  # refuses to overwrite
@@ -75,6 +77,31 @@ def test_train_checkpoints_and_resumes(tiny_corpus: Path, one_epoch: Path, tmp_p
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert log[1]["step"] == 2 * log[0]["step"]
+
+
+def test_the_emotion_head_is_refitted_on_the_frozen_encoder(tiny_corpus: Path, one_epoch: Path) -> None:
+    model = load_model(one_epoch / "best")
+    clips = load_folder(tiny_corpus)
+    train, val = (trainer.load_clips(by_split(clips, split), model.cfg, "", quiet=True) for split in ("train", "val"))
+    head = model.audio_encoder_emo.classifier
+    torch.nn.init.zeros_(head.out_proj.weight)  # every clip guessed as the first label
+    torch.nn.init.zeros_(head.out_proj.bias)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    truth = torch.tensor([c.emotion for c in val])
+    guessed_first = (truth == 0).float().mean().item()
+
+    accuracy = refit_emotion_head(model, train, val, torch.device("cpu"))
+
+    with torch.no_grad():
+        refitted = (head(pooled_features(model, val, torch.device("cpu"))).argmax(dim=1) == truth).float().mean().item()
+    assert accuracy == refitted > guessed_first  # the head it keeps is the one it reports, and it learned
+    after = model.state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and all(name.startswith("audio_encoder_emo.classifier.") for name in moved)
+    # and it knows where its training clips lie: sure among them, unsure far from them
+    trust = head.familiarity(pooled_features(model, train, torch.device("cpu")))
+    assert 0 < head.familiar_range[0] <= head.familiar_range[1] and (trust == 1).float().mean() >= 0.95
+    assert head.familiarity(head.familiar_mean + 100.0) == 0
 
 
 def test_init_fine_tunes_from_a_model(tiny_corpus: Path, one_epoch: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .config import ModelConfig
 from .errors import UserError
-from .model import EmoTalk
+from .model import FAMILIARITY_KEYS, EmoTalk
 from .model_files import CONFIG_FILE, WEIGHTS_FILE, resolve_checkpoint
 
 
@@ -103,9 +103,10 @@ def load_model(path_or_default: str | Path, device: str | torch.device = "cpu") 
     except (SafetensorError, OSError) as exc:
         raise UserError(f"cannot read {folder / WEIGHTS_FILE}: {exc}") from exc
     model = EmoTalk(cfg)
-    problem = describe_mismatch(f"checkpoint {folder}", cfg, model.state_dict(), state)
+    problem = describe_mismatch(f"checkpoint {folder}", cfg, model.state_dict(), state,
+                                ignore_missing=frozenset(FAMILIARITY_KEYS))
     if problem:
         raise UserError(f"{problem}: the weights do not match config.json; re-save the checkpoint "
                         f"or re-import it with emotalk-import")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # every key but the optional ones was checked above
     return model.to(device).eval()

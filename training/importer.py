@@ -30,13 +30,13 @@ from .checkpoint import describe_mismatch, normalize_weight_norm_keys, save_chec
 from .model_files import file_sha256
 from .config import OFFICIAL_EMOTIONS, EncoderConfig, ModelConfig, large
 from .errors import UserError, add_debug_flag, run_cli
-from .model import EmoTalk
+from .model import FAMILIARITY_KEYS, EmoTalk
 
 PROG = "emotalk-import"
 BACKBONES = {"content": "audio_encoder_cont.", "emotion": "audio_encoder_emo.wav2vec2."}
 # Backbone keys the forward pass never uses: their absence is reported, not fatal.
 UNUSED_BACKBONE_KEYS = ("masked_spec_embed", "lm_head.weight", "lm_head.bias")
-OURS_ONLY = "emotion_prototypes"  # our buffer, not in official checkpoints: stays zeros
+OURS_ONLY = ("emotion_prototypes", *FAMILIARITY_KEYS)  # our buffers, not in official checkpoints: stay zeros
 HEAD_DIM = 64  # wav2vec2 heads are 64 wide (1024 / 16 in XLSR); the count is not in the shapes
 POS_CONV_V = "encoder.pos_conv_embed.conv.parametrizations.weight.original1"
 # Hugging Face Wav2Vec2Config defaults, for keys a config.json leaves out.
@@ -177,7 +177,8 @@ def import_official(path: Path) -> EmoTalk:
     cfg = infer_config(state, source)
     model = EmoTalk(cfg)
     expected = model.state_dict()
-    expected.pop(OURS_ONLY)
+    for key in OURS_ONLY:
+        expected.pop(key)
     unused = _unused_keys(BACKBONES.values())
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -314,7 +315,7 @@ def import_wav2vec2(folder: Path, targets: list[str], model: EmoTalk | None) -> 
     progress(f"importing the backbone into the {names} encoder")
     import_backbone(model, backbone, targets, source)
     if classifier:
-        model.audio_encoder_emo.classifier.load_state_dict(classifier[0])
+        model.audio_encoder_emo.classifier.load_state_dict(classifier[0], strict=False)  # no familiar region: unset
     unused_heads = [k for k in heads if not (classifier and k.startswith("classifier."))]
     if unused_heads:
         report(f"task-head keys in {source} not imported: {', '.join(unused_heads)}")

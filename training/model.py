@@ -27,6 +27,10 @@ from .wav2vec2 import Wav2Vec2Model, linear_interpolation
 DECODE_BLOCK = 512  # output frames per decoder call on long clips
 SURE = 0.5  # `auto` shows a detected emotion from this calibrated probability up, wholly at 1
 EVIDENCE_S = 2.0  # and in full only once this much of the stream is heard: a few frames are no evidence
+# The emotion head's known region (ClassificationHead.familiarity): checkpoints from before it, and
+# official ones, lack these buffers and load with the region unset.
+FAMILIARITY_KEYS = tuple(f"audio_encoder_emo.classifier.{name}"
+                         for name in ("familiar_mean", "familiar_precision", "familiar_range"))
 
 
 def build_backbone(cfg: EncoderConfig, fps: int) -> nn.Module:
@@ -38,16 +42,34 @@ def build_backbone(cfg: EncoderConfig, fps: int) -> nn.Module:
 
 
 class ClassificationHead(nn.Module):
-    """dropout -> dense -> tanh -> dropout -> out_proj, over time-pooled encoder features."""
+    """dropout -> dense -> tanh -> dropout -> out_proj, over time-pooled encoder features.
+
+    At inference the logits shrink towards "unsure" (all equal) as the features leave the region of
+    the clips the head was fitted on (`familiarity`): a head is only as sure as its data is near.
+    """
 
     def __init__(self, hidden: int, n_labels: int, dropout: float = 0.1):
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
         self.out_proj = nn.Linear(hidden, n_labels)
         self.dropout = nn.Dropout(dropout)
+        # Where the head's training features lie (`emotion_head.familiar_region`); zeros: not known.
+        self.register_buffer("familiar_mean", torch.zeros(hidden))
+        self.register_buffer("familiar_precision", torch.zeros(hidden, hidden))
+        self.register_buffer("familiar_range", torch.zeros(2))  # full trust up to this distance, none from that
 
     def forward(self, pooled: Tensor) -> Tensor:
-        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+        logits = self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+        return logits if self.training else logits * self.familiarity(pooled)[..., None]
+
+    def familiarity(self, pooled: Tensor) -> Tensor:
+        """(...,) 1 within `familiar_range[0]` of the training features (Mahalanobis distance), falling
+        linearly to 0 at `familiar_range[1]`; 1 everywhere for a head without a known region."""
+        trusted, untrusted = self.familiar_range[0], self.familiar_range[1]
+        centred = pooled - self.familiar_mean
+        distance = ((centred @ self.familiar_precision) * centred).sum(dim=-1).clamp(min=0.0).sqrt()
+        falling = ((untrusted - distance) / (untrusted - trusted).clamp(min=1e-6)).clamp(0.0, 1.0)
+        return torch.where(untrusted > 0, falling, torch.ones_like(falling))
 
 
 class EmotionEncoder(nn.Module):

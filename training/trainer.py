@@ -4,8 +4,8 @@
     emotalk-train --init default --data DATA --out RUN --epochs 3      # fine-tune a model
     torchrun --standalone --nproc-per-node 2 -m emotalk_stream.training.trainer --config small --data DATA --out RUN
 
-Writes RUN/last (weights + optimizer, for --resume), RUN/best (lowest validation loss, with the
-emotion prototypes that --emotion overrides use) and RUN/log.jsonl (one line per epoch).
+Writes RUN/last (weights + optimizer, for --resume), RUN/best (lowest validation loss, with its
+emotion head refitted on the frozen encoder and the emotion prototypes that --emotion overrides use) and RUN/log.jsonl (one line per epoch).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .augment import augment, light_augment
 from .calibration import fit_temperature
 from .checkpoint import load_model, save_checkpoint
 from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
+from .emotion_head import refit_emotion_head
 from .errors import UserError, add_debug_flag, run_cli
 from .input_level import MODES
 from .losses import EmoTalkLoss, PairBatch, masked_mse
@@ -207,11 +208,14 @@ def fit_emotion_temperature(model: EmoTalk, clips: list[LoadedClip], device: tor
     return fit_temperature(np.stack(logits), np.array([c.emotion for c in clips]))
 
 
-def finalise(folder: Path, train_clips: list[LoadedClip], calibration: list[LoadedClip], device: torch.device,
-             provenance: dict) -> float:
-    """Make a checkpoint usable: its emotion prototypes (what --emotion LABEL blends towards) and
-    its calibrated emotion temperature; returns the temperature."""
+def finalise(folder: Path, train_clips: list[LoadedClip], val_clips: list[LoadedClip],
+             calibration: list[LoadedClip], device: torch.device, provenance: dict, quiet: bool = True) -> float:
+    """Make a checkpoint usable: its emotion head refitted on the frozen encoder (`emotion_head`),
+    its emotion prototypes (what --emotion LABEL blends towards) and its calibrated emotion
+    temperature; returns the temperature."""
     model = load_model(folder, device=device)
+    accuracy = refit_emotion_head(model, train_clips, val_clips, device, quiet)
+    provenance = {**provenance, "emotion_head_refit": {"val_emotion_accuracy": accuracy}}
     model.emotion_prototypes.copy_(emotion_prototypes(model, train_clips, device))
     model.cfg.emotion_temperature = fit_emotion_temperature(model, calibration, device)
     save_checkpoint(model, folder, extra=provenance)
@@ -367,10 +371,10 @@ def train(args: argparse.Namespace) -> int:
                       "cross_reconstruction": not args.no_cross, "augmentation": args.augment}
         held_out = CALIBRATION_SPLIT if any(c.split == CALIBRATION_SPLIT for c in clips) else "val"
         calibration = load_clips(by_split(clips, held_out)[: args.val_limit], cfg, f"calibrating on {held_out}", quiet)
-        temperature = finalise(out / "best", train_clips, calibration, device, provenance)
+        temperature = finalise(out / "best", train_clips, val_clips, calibration, device, provenance, quiet)
         for n in args.snapshot_epochs:
             if n <= state["epoch"]:
-                finalise(out / f"epoch-{n}", train_clips, calibration, device, provenance)
+                finalise(out / f"epoch-{n}", train_clips, val_clips, calibration, device, provenance, quiet)
         state["finished"] = True  # best/ now has its emotion prototypes
         (out / "last" / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
         print(f"{PROG}: best model (validation loss {state['best_val_loss']:.5f}, emotion temperature "
