@@ -5,7 +5,8 @@
     torchrun --standalone --nproc-per-node 2 -m emotalk_stream.training.trainer --config small --data DATA --out RUN
 
 Writes RUN/last (weights + optimizer, for --resume), RUN/best (lowest validation loss, with its
-emotion head refitted on the frozen encoder and the emotion prototypes that --emotion overrides use) and RUN/log.jsonl (one line per epoch).
+emotion head refitted on the frozen encoder and the emotion prototypes that --emotion overrides use)
+and RUN/log.jsonl (one line per epoch).
 """
 from __future__ import annotations
 
