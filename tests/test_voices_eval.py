@@ -19,7 +19,7 @@ from emotalk_stream.training.blendshapes import COUNT, INDEX
 from emotalk_stream.training.voices import (SILENCE, Phone, _transcripts, default_cache, find_clips,
                                             missing_sources, read_hts_labels)
 from emotalk_stream.training.voices_eval import (CLOSED_APERTURE, TARGETS, bilabial_closure, close_after_speech,
-                                                 confident_not_calm, digital_silence_frames,
+                                                 confident_not_calm, corpus_closure, digital_silence_frames,
                                                  jaw_loudness_r, lips_closed, loudness_envelope, meets, p90,
                                                  pearson, quieter, room_silence_frames, top_emotion, upper_max,
                                                  white_noise)
@@ -296,3 +296,16 @@ def test_the_bundled_model_on_the_real_voices_gives_a_complete_finite_report(
     # /p b m/ and jawOpen follows loudness at r 0.59. Without the rest face (engine/rest_face.py)
     # the lips shut on 0.79 and calm voices raise the brows to 0.22; without the vocal effort
     # (engine/vocal_effort.py) jawOpen follows loudness at r 0.685 (docs/results.md#real-voices).
+
+
+def test_corpus_closure_scores_the_bilabials_of_the_corpus_timings(tmp_path: Path) -> None:
+    from emotalk_stream.engine import Engine
+    from emotalk_stream.training import corpus
+    from emotalk_stream.training.data import load_folder, read_alignment
+
+    corpus.generate(tmp_path / "data", 0.03, seed=5, workers=1, progress=False)
+    clips = load_folder(tmp_path / "data")
+    timed = sum(label in ("p", "b", "m") for c in clips for _, _, label in read_alignment(c.align))
+    result = corpus_closure(Engine.load("default"), clips)
+    assert 0.9 * timed <= result["bilabials"] <= timed and timed > 0
+    assert result["bilabial_closure"] >= 0.85  # espeak-ng's voices, which the model was trained on

@@ -63,7 +63,9 @@ import numpy as np
 
 from ..engine.arousal import decoder_levels
 from .blendshapes import INDEX, NAMES
+from .audio import read_audio
 from .control_values import FOLLOW_VOICE, parse_emotion
+from .data import ClipInfo, read_alignment
 from .errors import UserError
 from .voices import SILENCE, Aligner, Clip, Phone, find_clips, phones
 
@@ -298,6 +300,22 @@ def _process(engine: Any, runs: Sequence[np.ndarray], controls: Any,
         for i, output in zip(chosen, engine.process_with_emotion([runs[i] for i in chosen], controls)):
             outputs[i] = output
     return outputs
+
+
+def corpus_closure(engine: Any, clips: Sequence[ClipInfo], controls: Any = None) -> dict[str, Any]:
+    """Bilabial closure on a corpus's clips (their phone timings are exact) through `engine` at
+    `controls` (default: `Controls()`). On the held-out synthetic voices it ranks training runs as
+    the real recordings do (docs/results.md#a-timed-rebuild-from-nothing), without touching them."""
+    from ..engine import Controls
+
+    timed = [c for c in clips if c.align is not None]
+    audio = [read_audio(c.wav, SAMPLE_RATE) for c in timed]
+    shut = total = 0
+    for clip, (weights, _) in zip(timed, _process(engine, audio, controls or Controls())):
+        closed, count = bilabial_closure(weights, [Phone(label, start, end)
+                                                   for start, end, label in read_alignment(clip.align)])
+        shut, total = shut + closed, total + count
+    return {"bilabial_closure": _round(shut / total, 3) if total else None, "bilabials": total}
 
 
 def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = NOISE_SECONDS,
