@@ -62,8 +62,8 @@ from typing import Any
 import numpy as np
 
 from ..engine.arousal import decoder_levels
-from .blendshapes import INDEX, NAMES
 from .audio import read_audio
+from .blendshapes import INDEX, NAMES
 from .control_values import FOLLOW_VOICE, parse_emotion
 from .data import ClipInfo, read_alignment
 from .errors import UserError
