@@ -15,7 +15,7 @@ import torch
 from emotalk_stream.training import config, corpus, trainer
 from emotalk_stream.training.checkpoint import load_model
 from emotalk_stream.training.data import by_split, load_folder, pair_groups
-from emotalk_stream.training.emotion_head import pooled_features, refit_emotion_head
+from emotalk_stream.training.emotion_head import emotion_labels, pooled_features, refit_emotion_head
 from emotalk_stream.training.losses import EmoTalkLoss
 from emotalk_stream.training.model import EmoTalk
 from emotalk_stream.training.model_files import model_hash
@@ -90,16 +90,18 @@ def test_the_emotion_head_is_refitted_on_the_frozen_encoder(tiny_corpus: Path, o
     truth = torch.tensor([c.emotion for c in val])
     guessed_first = (truth == 0).float().mean().item()
 
-    accuracy = refit_emotion_head(model, train, val, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    features, val_features = pooled_features(model, train, cpu), pooled_features(model, val, cpu)
+    accuracy = refit_emotion_head(model, features, emotion_labels(train, cpu), val_features, truth)
 
     with torch.no_grad():
-        refitted = (head(pooled_features(model, val, torch.device("cpu"))).argmax(dim=1) == truth).float().mean().item()
+        refitted = (head(val_features).argmax(dim=1) == truth).float().mean().item()
     assert accuracy == refitted > guessed_first  # the head it keeps is the one it reports, and it learned
     after = model.state_dict()
     moved = {name for name in before if not torch.equal(before[name], after[name])}
     assert moved and all(name.startswith("audio_encoder_emo.classifier.") for name in moved)
     # and it knows where its training clips lie: sure among them, unsure far from them
-    trust = head.familiarity(pooled_features(model, train, torch.device("cpu")))
+    trust = head.familiarity(features)
     assert 0 < head.familiar_range[0] <= head.familiar_range[1] and (trust == 1).float().mean() >= 0.95
     assert head.familiarity(head.familiar_mean + 100.0) == 0
 

@@ -52,18 +52,20 @@ def pooled_features(model: EmoTalk, clips: list[LoadedClip], device: torch.devic
     return torch.stack(rows)
 
 
-def refit_emotion_head(model: EmoTalk, train: list[LoadedClip], val: list[LoadedClip], device: torch.device,
-                       quiet: bool = True) -> float:
-    """Refit `model`'s emotion head in place on the pooled features of `train`, keeping the step
-    with the best accuracy on `val` (the current head competes as step 0); returns that accuracy."""
+def emotion_labels(clips: list[LoadedClip], device: torch.device) -> Tensor:
+    """(clips,) each clip's emotion index, beside its `pooled_features` row."""
+    return torch.tensor([c.emotion for c in clips], device=device)
+
+
+def refit_emotion_head(model: EmoTalk, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> float:
+    """Refit `model`'s emotion head in place on the train clips' pooled features `x` and labels `y`,
+    keeping the step with the best accuracy on the val clips' `vx`, `vy` (the current head competes as
+    step 0), and record the region of `x`; returns that accuracy."""
     head = model.audio_encoder_emo.classifier
     head.familiar_range.zero_()  # the fit and its choice see the plain logits
-    x, vx = pooled_features(model, train, device, quiet), pooled_features(model, val, device, quiet)
-    y = torch.tensor([c.emotion for c in train], device=device)
-    vy = torch.tensor([c.emotion for c in val], device=device)
     best_accuracy, best_state = _accuracy(head, vx, vy), copy.deepcopy(head.state_dict())
     optimizer = torch.optim.AdamW(head.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(SEED)
         for _ in range(STEPS):
             head.train()

@@ -33,7 +33,7 @@ from .augment import augment, light_augment
 from .calibration import fit_temperature
 from .checkpoint import load_model, save_checkpoint
 from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
-from .emotion_head import refit_emotion_head
+from .emotion_head import emotion_labels, pooled_features, refit_emotion_head
 from .errors import UserError, add_debug_flag, run_cli
 from .input_level import MODES
 from .losses import EmoTalkLoss, PairBatch, masked_mse
@@ -182,19 +182,15 @@ def validate(model: EmoTalk, clips: list[LoadedClip], device: torch.device, batc
     }
 
 
-@torch.inference_mode()
-def emotion_prototypes(model: EmoTalk, clips: list[LoadedClip], device: torch.device) -> torch.Tensor:
-    """Mean emotion memory per label over the training clips: the targets of --emotion LABEL."""
-    model.eval()
+@torch.no_grad()
+def emotion_prototypes(model: EmoTalk, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean emotion memory per label over the training clips, from their pooled emotion features
+    (`emotion_head.pooled_features`; the memory map is affine, so it maps a clip's mean feature to
+    its mean memory): the targets of --emotion LABEL."""
     n_labels = len(model.cfg.emotion_labels)
-    total = torch.zeros(n_labels, model.cfg.d_model, device=device)
-    count = torch.zeros(n_labels, device=device)
-    for clip in clips:
-        audio = torch.from_numpy(clip.audio)[None].to(device)
-        memory, _ = model.encode_emotion(audio, len(clip.labels))
-        total[clip.emotion] += memory[0].mean(dim=0)
-        count[clip.emotion] += 1
-    model.train()
+    memory = model.audio_feature_map_emo(features)
+    total = torch.zeros(n_labels, memory.shape[-1], device=memory.device).index_add_(0, labels, memory)
+    count = torch.bincount(labels, minlength=n_labels).to(memory.dtype)
     return total / count.clamp(min=1)[:, None]
 
 
@@ -215,9 +211,11 @@ def finalise(folder: Path, train_clips: list[LoadedClip], val_clips: list[Loaded
     its emotion prototypes (what --emotion LABEL blends towards) and its calibrated emotion
     temperature; returns the temperature."""
     model = load_model(folder, device=device)
-    accuracy = refit_emotion_head(model, train_clips, val_clips, device, quiet)
+    features, labels = pooled_features(model, train_clips, device, quiet), emotion_labels(train_clips, device)
+    accuracy = refit_emotion_head(model, features, labels, pooled_features(model, val_clips, device, quiet),
+                                  emotion_labels(val_clips, device))
     provenance = {**provenance, "emotion_head_refit": {"val_emotion_accuracy": accuracy}}
-    model.emotion_prototypes.copy_(emotion_prototypes(model, train_clips, device))
+    model.emotion_prototypes.copy_(emotion_prototypes(model, features, labels))  # the head does not change them
     model.cfg.emotion_temperature = fit_emotion_temperature(model, calibration, device)
     save_checkpoint(model, folder, extra=provenance)
     return model.cfg.emotion_temperature
