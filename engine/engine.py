@@ -185,8 +185,8 @@ class Stream:
             yield self._frames.popleft()
 
     def emotion_probabilities(self) -> np.ndarray | None:
-        """The voice's emotion so far (calibrated softmax over `engine.cfg.emotion_labels`), None
-        before any step."""
+        """The voice's recent emotion, over its last few seconds (`RECENT_S`; calibrated softmax
+        over `engine.cfg.emotion_labels`), None before any step."""
         if self.emotion_logits is None:
             return None
         return softmax(self.emotion_logits, self._engine.cfg.emotion_temperature)
@@ -558,8 +558,8 @@ class Engine:
 
     def process_with_emotion(self, clips: Sequence[np.ndarray], controls: Controls | Sequence[Controls] | None = None
                              ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """As `process`, with each clip's voice emotion over its whole length (softmax over
-        `cfg.emotion_labels`; None for a clip too short for a frame)."""
+        """As `process`, with each clip's voice emotion at its end, as its stream reports it (softmax
+        over `cfg.emotion_labels`; None for a clip too short for a frame)."""
         each = controls if isinstance(controls, Sequence) else [controls] * len(clips)
         streams = [self.create_stream(c) for c in each]
         try:

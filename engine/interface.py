@@ -142,7 +142,7 @@ def encoder_state_specs(enc: EncoderConfig, prefix: str, lookahead: int, ring: b
 
 def small_state_specs(cfg: ModelConfig, lookahead: int, ring: bool) -> list[TensorSpec]:
     """The whole `small` step's state: counters, audio context, both encoders, the decoder's past
-    and the running emotion mean (`ring`: as in `encoder_state_specs`)."""
+    the running emotion mean and the recent one (`ring`: as in `encoder_state_specs`)."""
     head, axis = cfg.d_model // cfg.decoder_heads, 1 if ring else None
     specs = [TensorSpec("step", (), "int64"), TensorSpec("next_frame", (), "int64"),
              TensorSpec("audio_context", (AUDIO_CONTEXT,))]
@@ -151,7 +151,8 @@ def small_state_specs(cfg: ModelConfig, lookahead: int, ring: bool) -> list[Tens
     for i in range(cfg.decoder_layers):
         shape = (cfg.decoder_heads, cfg.decoder_past, head)
         specs += [TensorSpec(f"dec_{kind}{i}", shape, ring_axis=axis) for kind in "kv"]
-    specs += [TensorSpec("emo_sum", (cfg.emotion.hidden,)), TensorSpec("emo_count", ())]
+    specs += [TensorSpec("emo_sum", (cfg.emotion.hidden,)), TensorSpec("emo_count", ()),
+              TensorSpec("emo_recent", (cfg.emotion.hidden,)), TensorSpec("emo_recent_weight", ())]
     return specs
 
 

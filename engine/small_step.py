@@ -14,7 +14,8 @@ a bounded view; the state is what each part remembers of the past:
   rings: a step writes its new frames over the oldest rows, so row r holds frame j with j = r mod size;
   `tail`: the last encoder frame (output frames interpolate between two encoder frames);
 - `dec_k{i}`/`dec_v{i}`: the decoder's self-attention keys and values over its bounded past (rings);
-- `emo_sum`/`emo_count`: running mean of the emotion features, for the voice's emotion estimate;
+- `emo_sum`/`emo_count`: running mean of the emotion features, the speaker's baseline an override
+  shifts; `emo_recent`/`emo_recent_weight`: their decayed sums (`recent_mean`), the voice's emotion;
 - `step`/`next_frame`: counters, so each stream of a batch may be at its own phase.
 
 Frame bookkeeping: step s (hop of h encoder frames, look-ahead L) computes front-end frames
@@ -41,7 +42,7 @@ from ..training.config import ModelConfig
 from ..training.control_values import calm_row
 from ..training.errors import UserError
 from ..training.framing import ENCODER_HOP, MEL_HOP, N_FFT, POS_CONV_KERNEL
-from ..training.model import EmoTalk, blend_to_prototype, shift_to_prototype
+from ..training.model import RECENT_S, EmoTalk, blend_to_prototype, decayed_sums, shift_to_prototype
 from ..training.offline import prototypes_present
 from ..training.streaming_encoder import EncoderLayer, StreamingEncoder
 from .interface import (
@@ -210,6 +211,7 @@ class SmallStreamingStep(nn.Module):
         self.hop_frames = hop_frames
         self.lookahead = lookahead
         self.ring = ring
+        self.recent_frames = RECENT_S * cfg.fps
         self.ratio = frame_ratio(cfg)
         self.slots = output_slots(hop_frames, self.ratio)
         self.content = EncoderStep(model.audio_encoder_cont, "content_", hop_frames, lookahead, ring)
@@ -311,8 +313,12 @@ class SmallStreamingStep(nn.Module):
         count = states["emo_count"][:, None] + counted.cumsum(dim=1)
         so_far = seen / count.clamp(min=1.0)[..., None]
         baseline = model.audio_feature_map_emo(so_far)
-        # A label's prototype, or under auto the voice's emotion so far in proportion to its confidence
-        logits = model.audio_encoder_emo.classifier(so_far)  # each frame's emotion so far; the last slot's is the stream's
+        # Each frame's emotion over the voice's recent frames (as EmoTalk.encode_as_streamed); the
+        # last slot's is the stream's. A label's prototype, or under auto that emotion in proportion
+        # to its confidence, is the target.
+        recent, weight = decayed_sums(emo_hidden, counted, states["emo_count"], states["emo_recent"],
+                                      states["emo_recent_weight"], self.recent_frames)
+        logits = model.audio_encoder_emo.classifier(recent / weight.clamp(min=1.0)[..., None])
         target = model.emotion_target(emotion, logits, count, self.calm)
         attended = shift_to_prototype(memory, baseline, target, emotion_strength)  # as EmoTalk.override_emotion
         memory = blend_to_prototype(memory, target, emotion_strength)
@@ -328,6 +334,7 @@ class SmallStreamingStep(nn.Module):
 
         weights = model.bs_map_r(decoded).clamp(0.0, 1.0)
         new["emo_sum"], new["emo_count"] = seen[:, -1], count[:, -1]
+        new["emo_recent"], new["emo_recent_weight"] = recent[:, -1], weight[:, -1]
         return {"weights": weights, "n_frames": n_frames, "emotion_logits": logits[:, -1]}, new, store.at
 
 

@@ -150,7 +150,7 @@ class Session:
                 return
 
     def emotion_probabilities(self) -> dict[str, float] | None:
-        """The voice's emotion so far, by label; None before the first step."""
+        """The voice's recent emotion, by label; None before the first step."""
         if self._probabilities is None:
             return None
         return dict(zip(self._hub.engine.cfg.emotion_labels, map(float, self._probabilities)))

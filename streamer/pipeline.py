@@ -67,7 +67,7 @@ class Streamer:
         self._next_status = time.monotonic() + STATUS_EVERY_S
         self._exit_on_device_loss = exit_on_device_loss
         self._lost = False  # the microphone went away and has not delivered since
-        self._heard: str | None = None  # the voice's emotion so far
+        self._heard: str | None = None  # the voice's recent emotion
         for sink in self.sinks:
             sink.on_sent = self._sent
             sink.lossless = not source.realtime
@@ -191,7 +191,7 @@ class Streamer:
 
     def _emotion_in_effect(self) -> str:
         """What the face shows: the emotion set (`sad:0.8`, the calm default), or with `auto` the one
-        heard in the voice so far."""
+        heard in the voice lately."""
         labels = self.engine.cfg.emotion_labels
         label, strength = parse_emotion(self.engine.emotion_setting(self.board.current[0]), labels)
         if label is None:

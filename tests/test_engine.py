@@ -216,6 +216,19 @@ def test_emotion_estimate_matches_offline(model: EmoTalk, clips: list[np.ndarray
     np.testing.assert_allclose(stream.emotion_probabilities(), infer(model, clips[0])[1], atol=1e-5)
 
 
+def test_the_streams_emotion_follows_a_change_in_the_voice(clips: list[np.ndarray]) -> None:
+    """The voice's emotion is its recent one: after 12 s of one voice, 12 s of another read as that
+    other voice alone does, where the mean since the stream began would read half of each."""
+    engine = Engine.load("default")
+    first = np.tile(clips[0], 3)[: 12 * 16000]
+    slowed = np.interp(np.arange(0, len(clips[0]), 0.75), np.arange(len(clips[0])), clips[0])
+    second = np.tile(slowed.astype(np.float32), 3)[: 12 * 16000]  # lower and slower: another reading
+    (_, p_first), (_, p_second), (_, p_both) = engine.process_with_emotion(
+        [first, second, np.concatenate([first, second])])
+    assert p_first.argmax() != p_second.argmax() and np.abs(p_first - p_second).max() > 0.5
+    np.testing.assert_allclose(p_both, p_second, atol=0.02)
+
+
 def faces_under_a_decided_head(model: EmoTalk, clip: np.ndarray, **engine_args: object
                                ) -> dict[float, dict[str, np.ndarray]]:
     """The faces of `clip` under auto, calm and happy with the emotion head forced to every label

@@ -11,7 +11,8 @@ from emotalk_stream.training import config
 from emotalk_stream.training.data import time_warp
 from emotalk_stream.training.losses import gather_frames
 from emotalk_stream.training.framing import frame_count
-from emotalk_stream.training.model import SURE, ClassificationHead, EmoTalk, alibi_causal_bias, confident_weights
+from emotalk_stream.training.model import (SURE, ClassificationHead, EmoTalk, alibi_causal_bias, confident_weights,
+                                           decayed_sums, recent_mean)
 from emotalk_stream.training.streaming_encoder import LogMel, StreamingEncoder, samples_needed
 
 
@@ -173,6 +174,31 @@ def test_auto_shows_a_detected_emotion_in_proportion_to_its_confidence() -> None
     torch.testing.assert_close(confident_weights(torch.tensor([0.0, 0.0, 0.0, 1.0]), calm, present, full), calm)
     edge = confident_weights(torch.tensor([0.0, 0.0, SURE + 1e-3, 0.5 - 1e-3]), calm, present, full)
     assert edge[2] < 0.01 and torch.isclose(edge.sum(), torch.tensor(1.0))
+
+
+def test_the_recent_mean_fades_the_past_exactly_in_blocks_and_steps() -> None:
+    torch.manual_seed(0)
+    hidden, frames = torch.randn(2, 40, 3), 5.0
+    decay = math.exp(-1 / frames)
+    expected, total, weight = [], torch.zeros(2, 3), torch.zeros(2)
+    for t in range(40):  # the rule it stands for: a plain mean over the first 5 frames, then the past fades
+        fade = decay if t + 1 > frames else 1.0
+        total, weight = total * fade + hidden[:, t], weight * fade + 1.0
+        expected.append(total / weight[:, None])
+    expected = torch.stack(expected, dim=1)
+    torch.testing.assert_close(expected[:, 4], hidden[:, :5].mean(dim=1))
+    torch.testing.assert_close(recent_mean(hidden, frames, block=7), expected)
+    torch.testing.assert_close(recent_mean(hidden, frames, block=3), expected)
+    torch.testing.assert_close(recent_mean(hidden, frames), expected)
+    # A step's frames where only some count (not ready yet): the others change nothing.
+    counted = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    sums, weights = decayed_sums(hidden[:, :3], counted, torch.full((2,), 40.0), total, weight, frames)
+    torch.testing.assert_close(sums[0, 1], sums[0, 0])
+    torch.testing.assert_close(sums[0, 2], (total[0] * decay + hidden[0, 0]) * decay + hidden[0, 2])
+    torch.testing.assert_close(weights[1], weight[1].expand(3))
+    # After a long voice of one kind, three time constants of another outweigh it twenty to one.
+    changed = torch.cat([torch.zeros(1, 200, 1), torch.ones(1, 15, 1)], dim=1)
+    assert recent_mean(changed, frames)[0, -1, 0] > 0.95 > 15 / 215
 
 
 def test_the_emotion_head_is_unsure_far_from_the_features_it_was_fitted_on() -> None:

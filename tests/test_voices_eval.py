@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 
 from emotalk_stream.training import evaluate
+from emotalk_stream.training.audio import read_audio
 from emotalk_stream.training.blendshapes import COUNT, INDEX
 from emotalk_stream.training.voices import (SILENCE, Phone, _transcripts, default_cache, find_clips,
                                             missing_sources, read_hts_labels)
 from emotalk_stream.training.voices_eval import (CLOSED_APERTURE, TARGETS, bilabial_closure, close_after_speech,
                                                  confident_not_calm, corpus_closure, digital_silence_frames,
                                                  jaw_loudness_r, lips_closed, loudness_envelope, meets, p90,
-                                                 pearson, quieter, room_silence_frames, top_emotion, upper_max,
-                                                 white_noise)
+                                                 pearson, quieter, room_silence_frames, speaker_stream_emotion,
+                                                 top_emotion, upper_max, white_noise)
 
 FPS, RATE = 30, 16000
 JAW, CLOSE = INDEX["jawOpen"], INDEX["mouthClose"]
@@ -298,14 +299,38 @@ def test_the_bundled_model_on_the_real_voices_gives_a_complete_finite_report(
     # (engine/vocal_effort.py) jawOpen follows loudness at r 0.685 (docs/results.md#real-voices).
 
 
-def test_corpus_closure_scores_the_bilabials_of_the_corpus_timings(tmp_path: Path) -> None:
-    from emotalk_stream.engine import Engine
+@pytest.fixture(scope="module")
+def espeak_corpus(tmp_path_factory: pytest.TempPathFactory) -> list:
+    """A small espeak-ng corpus: voices the bundled model was trained on."""
     from emotalk_stream.training import corpus
-    from emotalk_stream.training.data import load_folder, read_alignment
+    from emotalk_stream.training.data import load_folder
 
-    corpus.generate(tmp_path / "data", 0.03, seed=5, workers=1, progress=False)
-    clips = load_folder(tmp_path / "data")
-    timed = sum(label in ("p", "b", "m") for c in clips for _, _, label in read_alignment(c.align))
-    result = corpus_closure(Engine.load("default"), clips)
+    folder = tmp_path_factory.mktemp("corpus") / "data"
+    corpus.generate(folder, 0.03, seed=5, workers=1, progress=False)
+    return load_folder(folder)
+
+
+def test_corpus_closure_scores_the_bilabials_of_the_corpus_timings(espeak_corpus: list) -> None:
+    from emotalk_stream.engine import Engine
+    from emotalk_stream.training.data import read_alignment
+
+    timed = sum(label in ("p", "b", "m") for c in espeak_corpus for _, _, label in read_alignment(c.align))
+    result = corpus_closure(Engine.load("default"), espeak_corpus)
     assert 0.9 * timed <= result["bilabials"] <= timed and timed > 0
     assert result["bilabial_closure"] >= 0.85  # espeak-ng's voices, which the model was trained on
+
+
+def test_a_stream_reads_each_clips_emotion_as_its_voices_clips_play_back_to_back(espeak_corpus: list) -> None:
+    from emotalk_stream.engine import Engine
+
+    engine = Engine.load("default")
+    result = speaker_stream_emotion(engine, espeak_corpus)
+    persons = {c.person for c in espeak_corpus if c.emotion}
+    assert sorted(result["stream_emotion_accuracy_by_voice"]) == sorted(f"person {p}" for p in persons)
+    # Each clip alone is read right; in the stream the fourth clip of a voice has three before it,
+    # which a mean since the stream began would weigh three to one (0.375 right here).
+    readings = engine.process_with_emotion([read_audio(c.wav, RATE) for c in espeak_corpus])
+    alone_accuracy = np.mean([engine.cfg.emotion_labels[int(p.argmax())] == c.emotion
+                              for c, (_, p) in zip(espeak_corpus, readings)])
+    assert alone_accuracy >= 0.8  # the model's own voices
+    assert result["stream_emotion_accuracy"] >= 0.6

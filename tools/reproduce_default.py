@@ -22,7 +22,8 @@ Steps, each skipped when its output already exists (so an interrupted run contin
    voices and without augmentation; for `bundled` also its second stage without augmentation (at
    the full budget; without the new voices is the first stage, always scored);
 4. scores: the fresh corpus's test split, the cross-voice split (also its bilabial closure through
-   the engine, which ranks runs as the real recordings do), and the real recordings
+   the engine, which ranks runs as the real recordings do, and the emotion a stream reports as
+   each voice's clips play back to back), and the real recordings
    (`emotalk-eval --voices`: default controls, `--emotion auto`, and without the voice gate); for
    `bundled` the first stage too (espeak-ng only: the model without the natural voices);
 5. WORK/results.json and Markdown tables on stdout; with --install, the model is copied into the
@@ -57,7 +58,8 @@ from emotalk_stream.training.errors import add_debug_flag, run_cli
 from emotalk_stream.training.evaluate import emotion_transfer, evaluate
 from emotalk_stream.training.trainer import CALIBRATION_SPLIT, load_corpora
 from emotalk_stream.training.voices import find_clips
-from emotalk_stream.training.voices_eval import TARGETS, corpus_closure, evaluate_voices, target_text
+from emotalk_stream.training.voices_eval import (TARGETS, corpus_closure, evaluate_voices, speaker_stream_emotion,
+                                                 target_text)
 
 PROG = "emotalk-reproduce"
 RECIPES = {"bundled": (3.5, 11), "natural": (2.5, 10)}  # espeak-ng hours, epochs
@@ -126,7 +128,8 @@ def markdown(results: dict) -> str:
                  f"(flite's held-out voice awb and Festival's three voices):\n")
     lines.append("| metric | " + " | ".join(columns) + " | mean-pose baseline |")
     lines.append("|---" * (len(columns) + 2) + "|")
-    for key in ("lip_mae", "jaw_open_corr", "emotion_accuracy", "emotion_ece", "upper_mae", "bilabial_closure"):
+    for key in ("lip_mae", "jaw_open_corr", "emotion_accuracy", "emotion_ece", "upper_mae", "bilabial_closure",
+                "stream_emotion_accuracy"):
         cells = [_cell(results["models"][c]["xvoice"].get(key)) for c in columns]
         base = results["models"][columns[0]]["xvoice"]["baseline_mean_pose"].get(key)
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {_cell(base)} |")
@@ -154,7 +157,8 @@ def score(path: Path, eval_clips: list, xvoice: list, train_split: list, voice_s
     return {"checkpoint": str(path), "sha256": model_hash(path),
             "test": {**evaluate(model, test, by_split(eval_clips, "train"), progress=True),
                      **emotion_transfer(model, test)},
-            "xvoice": {**evaluate(model, xvoice, train_split, progress=True), **corpus_closure(engine, xvoice)},
+            "xvoice": {**evaluate(model, xvoice, train_split, progress=True), **corpus_closure(engine, xvoice),
+                       **speaker_stream_emotion(engine, xvoice)},
             "voices": {name: evaluate_voices(engine, recordings, controls=controls)
                        for name, controls in voice_settings.items()}}
 

@@ -38,6 +38,7 @@ class ClipInfo:
     person: int
     split: str
     align: Path | None = None
+    voice: str | None = None  # the corpus's voice (metadata's `voice`); None where it does not say
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -90,6 +91,7 @@ def _from_metadata(root: Path) -> list[ClipInfo]:
                     clip=name, wav=root / "clips" / f"{name}.wav", labels=root / "clips" / f"{name}.npy",
                     content=row["content"], emotion=row["emotion"] or None, level=int(row["level"]),
                     person=int(row["person"]), split=split, align=align if align.exists() else None,
+                    voice=row.get("voice") or None,
                 ))
             except (ValueError, TypeError, KeyError) as exc:
                 raise UserError(f"{path} line {line} is malformed ({exc}); regenerate the corpus") from exc

@@ -2,12 +2,12 @@
 
 Training fits the classification head jointly with the emotion encoder: on augmented batches, for a
 few epochs, while the features under it keep moving. Once the encoder is fixed, a head fitted to
-convergence on its clean, clip-pooled features (the input it has at inference: the stream's running
-mean) and picked by the validation split generalises further to voices it has never heard. On the
-bundled model it raised the cross-voice emotion accuracy from 0.553 to 0.600 (awb) and 0.585 to
-0.754 (Festival) (docs/results.md#the-emotion-head-refitted-on-frozen-features). Neither the
-emotion memory nor the prototypes depend on the head, so the face under a named emotion or the
-default is unchanged.
+convergence on its clean, clip-pooled features (the input it has at inference: over an
+utterance, the stream's recent mean is its mean) and picked by the validation split generalises
+further to voices it has never heard. On the bundled model it raised the cross-voice emotion
+accuracy from 0.553 to 0.600 (awb) and 0.585 to 0.754 (Festival)
+(docs/results.md#the-emotion-head-refitted-on-frozen-features). Neither the emotion memory nor
+the prototypes depend on the head, so the face under a named emotion or the default is unchanged.
 
 The refit also records where those features lie (`familiar_region`), so that at inference the head
 is unsure of voices far from every clip it was fitted on (`ClassificationHead.familiarity`). The

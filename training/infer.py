@@ -33,7 +33,7 @@ class Take:
     """One file's result, whichever backend made it."""
 
     weights: np.ndarray  # (T, 52)
-    probabilities: np.ndarray | None  # the voice's emotion, over `labels`
+    probabilities: np.ndarray | None  # the voice's emotion over its last seconds (`RECENT_S`), over `labels`
     labels: Sequence[str]
     fps: int
     emotion: tuple[int | None, float]  # the override: label index (None: auto) and strength
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> None:
     summary = f"{PROG}: {len(take.weights)} frames ({len(audio) / SAMPLE_RATE:.2f} s) -> {args.out}"
     if take.probabilities is not None:
         voice = int(take.probabilities.argmax())
-        summary += f"; voice emotion {take.labels[voice]} (p={take.probabilities[voice]:.2f})"
+        summary += f"; voice emotion at the end {take.labels[voice]} (p={take.probabilities[voice]:.2f})"
     label, strength = take.emotion
     if label is not None:
         summary += f", overridden by {take.labels[label]}:{strength:g}"

@@ -27,6 +27,7 @@ from .wav2vec2 import Wav2Vec2Model, linear_interpolation
 DECODE_BLOCK = 512  # output frames per decoder call on long clips
 SURE = 0.5  # `auto` shows a detected emotion from this calibrated probability up, wholly at 1
 EVIDENCE_S = 2.0  # and in full only once this much of the stream is heard: a few frames are no evidence
+RECENT_S = 3.0  # time constant of the voice's recent emotion: what a stream reports and `auto` shows
 # The emotion head's known region (ClassificationHead.familiarity): checkpoints from before it, and
 # official ones, lack these buffers and load with the region unset.
 FAMILIARITY_KEYS = tuple(f"audio_encoder_emo.classifier.{name}"
@@ -144,6 +145,39 @@ def running_mean(memory: Tensor) -> Tensor:
     return memory.cumsum(dim=1) / count[None, :, None]
 
 
+def decayed_sums(x: Tensor, counted: Tensor, before: Tensor, total: Tensor, weight: Tensor, frames: float
+                 ) -> tuple[Tensor, Tensor]:
+    """Sums of `x` (B, S, D) over its counted frames (`counted` (B, S), 1 or 0) on top of `total`
+    (B, D) and `weight` (B,) carried over `before` (B,) counted frames: each frame's (B, S, D) sum
+    and (B, S) total weight. Every frame counts fully until the stream has `frames` of them; from
+    then on each new frame fades everything before it by exp(-1 / `frames`). One matrix product for
+    the S frames, with no growing powers, so it is exact in float32 however long the stream."""
+    upto = before[:, None] + counted.cumsum(dim=1)  # counted frames up to and including each frame
+    faded = (upto[:, :, None] - upto[:, None, :].clamp(min=frames)).clamp(min=0.0)  # fading frames from j to i
+    causal = torch.ones(x.shape[1], x.shape[1], device=x.device, dtype=x.dtype).tril()
+    kernel = torch.exp(-faded / frames) * causal * counted[:, None, :]
+    carried = torch.exp(-(upto - before[:, None].clamp(min=frames)).clamp(min=0.0) / frames)
+    return kernel @ x + carried[..., None] * total[:, None, :], kernel.sum(dim=-1) + carried * weight[:, None]
+
+
+def recent_mean(hidden: Tensor, frames: float, block: int = DECODE_BLOCK) -> Tensor:
+    """(B, T, D) -> at each t the voice's recent emotion features: the mean over the first `frames`
+    frames, then a mean whose past fades with time constant `frames` (`decayed_sums`). A mean since
+    the stream began stops moving on a long stream whose emotion changes; this follows it within a
+    few time constants, and reads a short utterance as its plain mean. Block by block, as a
+    stream's steps compute it."""
+    batch, length, width = hidden.shape
+    total, weight = hidden.new_zeros(batch, width), hidden.new_zeros(batch)
+    means = []
+    for start in range(0, length, block):
+        chunk = hidden[:, start:start + block]
+        before = hidden.new_full((batch,), float(start))
+        sums, weights = decayed_sums(chunk, torch.ones_like(chunk[..., 0]), before, total, weight, frames)
+        total, weight = sums[:, -1], weights[:, -1]
+        means.append(sums / weights[..., None])
+    return torch.cat(means, dim=1)
+
+
 def confident_weights(probabilities: Tensor, calm: Tensor, present: Tensor, evidence: Tensor) -> Tensor:
     """(..., labels) calibrated probabilities -> the labels' weights in the face `auto` shows: each
     label (with a prototype, `present`) by how far its probability is above `SURE` (only one can be),
@@ -231,13 +265,14 @@ class EmoTalk(nn.Module):
         return self.audio_feature_map_emo(hidden), logits
 
     def encode_as_streamed(self, audio: Tensor, frame_num: int, lookahead: int | None = None
-                           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """`encode`, and each frame's emotion logits over the clip up to that frame (B, T, labels),
-        as a stream's step finds them: what `auto` shows at that frame (`auto_target`)."""
+                           ) -> tuple[Tensor, Tensor, Tensor]:
+        """Content, emotion memory, and each frame's emotion logits over the voice's recent frames
+        (B, T, labels; `recent_mean`), as a stream's step finds them: what a stream reports and
+        `auto` shows at that frame (`auto_target`)."""
         heard = self.hear(audio)
-        hidden, logits = self.audio_encoder_emo(heard, frame_num, self._lookahead(lookahead))
-        running = self.audio_encoder_emo.classifier(running_mean(hidden))
-        return self._content(heard, frame_num, lookahead), self.audio_feature_map_emo(hidden), logits, running
+        hidden, _ = self.audio_encoder_emo(heard, frame_num, self._lookahead(lookahead))
+        recent = self.audio_encoder_emo.classifier(recent_mean(hidden, RECENT_S * self.cfg.fps))
+        return self._content(heard, frame_num, lookahead), self.audio_feature_map_emo(hidden), recent
 
     def auto_target(self, logits: Tensor, heard: Tensor, calm: Tensor) -> Tensor:
         """(..., labels) emotion logits over `heard` (...,) frames of the stream -> (..., d_model) the

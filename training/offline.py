@@ -51,8 +51,9 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float | str = 1.0, person: i
 
     With `emotion` (a label index) the emotion memory moves towards that label's prototype by
     `strength` (`EmoTalk.override_emotion`); with None (`auto`) towards the detected emotion in
-    proportion to its confidence so far, the rest calm (`EmoTalk.auto_target`; the voice's own
-    features for a model without prototypes). The probabilities stay the voice's own. `level`
+    proportion to its confidence, the rest calm (`EmoTalk.auto_target`; the voice's own
+    features for a model without prototypes). The probabilities stay the voice's own: its recent
+    emotion at the clip's end, as a stream reports it (`EmoTalk.encode_as_streamed`). `level`
     `FOLLOW_VOICE` follows the voice's arousal (engine/arousal.py). `voice_gate`
     closes the jaw and lips where no voice is heard, `rest_relative` shows the face relative to
     the model's rest face (engine/rest_face.py) and `vocal_effort` opens the jaw wider where the
@@ -66,12 +67,12 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float | str = 1.0, person: i
     levels = decoder_levels(audio, frames, model.cfg.fps, model.cfg.sample_rate) if follows_voice else None
     wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(device)
     with eval_mode(model):
-        content, memory, logits, running = model.encode_as_streamed(wave, frames, lookahead)
+        content, memory, recent = model.encode_as_streamed(wave, frames, lookahead)
         if emotion is None:  # auto: the detected emotion in proportion to its confidence, over the calm face
             labels, present = model.cfg.emotion_labels, prototypes_present(model)
             strength = auto_strength(labels, present)
-            heard = torch.arange(1, frames + 1, device=device)[None]  # frames the running emotion rests on
-            target = model.auto_target(running, heard, torch.tensor(calm_row(labels, present)).to(running))
+            heard = torch.arange(1, frames + 1, device=device)[None]  # frames the emotion rests on
+            target = model.auto_target(recent, heard, torch.tensor(calm_row(labels, present)).to(recent))
         else:
             target = model.emotion_prototypes[emotion]
         memory, attended = model.override_emotion(memory, target, strength)
@@ -79,7 +80,7 @@ def infer(model: EmoTalk, audio: np.ndarray, level: float | str = 1.0, person: i
                        else torch.tensor([level]))
         weights = model.decode(content, memory, level_input.to(device),
                                torch.tensor([person], device=device), attended)
-    probabilities = softmax(logits[0].float().cpu().numpy(), model.cfg.emotion_temperature)
+    probabilities = softmax(recent[0, -1].float().cpu().numpy(), model.cfg.emotion_temperature)
     weights = weights[0].float().clamp(0.0, 1.0).cpu().numpy()
     if rest_relative:
         rest = rest_face(model, 0.0 if follows_voice else level, person, lookahead)

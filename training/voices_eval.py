@@ -318,6 +318,40 @@ def corpus_closure(engine: Any, clips: Sequence[ClipInfo], controls: Any = None)
     return {"bilabial_closure": _round(shut / total, 3) if total else None, "bilabials": total}
 
 
+def speaker_stream_emotion(engine: Any, clips: Sequence[ClipInfo], seed: int = 0) -> dict[str, Any]:
+    """The emotion a stream reports as its voice's feeling changes: each voice's labelled clips (a
+    clip without one, espeak-ng's, is its person's voice) played back to back (in a `seed`ed random order) as one stream through `engine`, read at each
+    clip's end. A reading that rests on everything since the stream began scores near chance here
+    on long streams while scoring clips alone as well (docs/model.md#the-voices-recent-emotion)."""
+    labels = engine.cfg.emotion_labels
+    voices: dict[str, list[ClipInfo]] = {}
+    for clip in clips:
+        if clip.emotion in labels:
+            voices.setdefault(clip.voice or f"person {clip.person}", []).append(clip)
+    rng = np.random.default_rng(seed)
+    names = sorted(voices)
+    playlists = [[voices[name][i] for i in rng.permutation(len(voices[name]))] for name in names]
+    audio = [[read_audio(c.wav, SAMPLE_RATE) for c in playlist] for playlist in playlists]
+    streams = [engine.create_stream() for _ in playlists]
+    right = [0] * len(playlists)
+    for turn in range(max(map(len, playlists), default=0)):
+        playing = [i for i, playlist in enumerate(playlists) if turn < len(playlist)]
+        for i in playing:
+            streams[i].accept_waveform(SAMPLE_RATE, audio[i][turn])
+        while ready := [streams[i] for i in playing if engine.is_ready(streams[i])]:
+            engine.step(ready)
+        for i in playing:
+            for _ in streams[i].frames():  # not kept: only the emotion is read
+                pass
+            probabilities = streams[i].emotion_probabilities()
+            right[i] += probabilities is not None and labels[int(probabilities.argmax())] == playlists[i][turn].emotion
+    for stream in streams:
+        stream.close()
+    per_voice = {name: _round(right[i] / len(playlists[i]), 3) for i, name in enumerate(names)}
+    return {"stream_emotion_accuracy": _round(sum(right) / max(1, sum(map(len, playlists))), 3),
+            "stream_emotion_accuracy_by_voice": per_voice}
+
+
 def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = NOISE_SECONDS,
                     controls: Any = None) -> dict[str, Any]:
     """Run `engine` (an `emotalk_stream.engine.Engine`) on `clips` and the synthetic white noise with
