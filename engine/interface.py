@@ -141,7 +141,7 @@ def encoder_state_specs(enc: EncoderConfig, prefix: str, lookahead: int, ring: b
 
 
 def small_state_specs(cfg: ModelConfig, lookahead: int, ring: bool) -> list[TensorSpec]:
-    """The whole `small` step's state: counters, audio context, both encoders, the decoder's past
+    """The whole `small` step's state: counters, audio context, both encoders, the decoder's past,
     the running emotion mean and the recent one (`ring`: as in `encoder_state_specs`)."""
     head, axis = cfg.d_model // cfg.decoder_heads, 1 if ring else None
     specs = [TensorSpec("step", (), "int64"), TensorSpec("next_frame", (), "int64"),

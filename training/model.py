@@ -27,7 +27,9 @@ from .wav2vec2 import Wav2Vec2Model, linear_interpolation
 DECODE_BLOCK = 512  # output frames per decoder call on long clips
 SURE = 0.5  # `auto` shows a detected emotion from this calibrated probability up, wholly at 1
 EVIDENCE_S = 2.0  # and in full only once this much of the stream is heard: a few frames are no evidence
-RECENT_S = 3.0  # time constant of the voice's recent emotion: what a stream reports and `auto` shows
+RECENT_S = 3.0  # the voice's recent emotion (what a stream reports, `auto` shows): a plain mean over
+# the stream's first RECENT_S, then its past fades with this time constant (`recent_mean`)
+
 # The emotion head's known region (ClassificationHead.familiarity): checkpoints from before it, and
 # official ones, lack these buffers and load with the region unset.
 FAMILIARITY_KEYS = tuple(f"audio_encoder_emo.classifier.{name}"
