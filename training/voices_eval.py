@@ -320,9 +320,10 @@ def corpus_closure(engine: Any, clips: Sequence[ClipInfo], controls: Any = None)
 
 def speaker_stream_emotion(engine: Any, clips: Sequence[ClipInfo], seed: int = 0) -> dict[str, Any]:
     """The emotion a stream reports as its voice's feeling changes: each voice's labelled clips (a
-    clip without one, espeak-ng's, is its person's voice) played back to back (in a `seed`ed random order) as one stream through `engine`, read at each
-    clip's end. A reading that rests on everything since the stream began scores near chance here
-    on long streams while scoring clips alone as well (docs/model.md#the-voices-recent-emotion)."""
+    clip without one, espeak-ng's, is its person's voice) played back to back in a `seed`ed random
+    order as one stream through `engine`, read at each clip's end (to within a hop). A reading that
+    rests on everything since the stream began scores near chance here on long streams while
+    scoring clips alone as well (docs/model.md#the-voices-recent-emotion)."""
     labels = engine.cfg.emotion_labels
     voices: dict[str, list[ClipInfo]] = {}
     for clip in clips:
@@ -331,13 +332,12 @@ def speaker_stream_emotion(engine: Any, clips: Sequence[ClipInfo], seed: int = 0
     rng = np.random.default_rng(seed)
     names = sorted(voices)
     playlists = [[voices[name][i] for i in rng.permutation(len(voices[name]))] for name in names]
-    audio = [[read_audio(c.wav, SAMPLE_RATE) for c in playlist] for playlist in playlists]
     streams = [engine.create_stream() for _ in playlists]
     right = [0] * len(playlists)
     for turn in range(max(map(len, playlists), default=0)):
         playing = [i for i, playlist in enumerate(playlists) if turn < len(playlist)]
         for i in playing:
-            streams[i].accept_waveform(SAMPLE_RATE, audio[i][turn])
+            streams[i].accept_waveform(SAMPLE_RATE, read_audio(playlists[i][turn].wav, SAMPLE_RATE))
         while ready := [streams[i] for i in playing if engine.is_ready(streams[i])]:
             engine.step(ready)
         for i in playing:
