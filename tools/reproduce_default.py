@@ -31,7 +31,8 @@ Steps, each skipped when its output already exists (so an interrupted run contin
    the model's look-ahead), which the runtime runs on ONNX Runtime.
 
 Every kept model is finished by `emotalk-train` with its emotion head refitted on the frozen
-encoder (`training/emotion_head.py`), which the timing below predates (about 1.5 minutes a stage).
+encoder (`training/emotion_head.py`; about 1.5 minutes a stage), and every scored model's
+cross-voice figures include the stream emotion (about 3 minutes of CPU); the timing below predates both.
 
 1 h 18 min (`bundled`, timed: docs/results.md#a-timed-rebuild-from-nothing) or about 1 h 50 min
 (`natural`) on 2 cores without --ablations.

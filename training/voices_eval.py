@@ -53,7 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,8 +341,7 @@ def speaker_stream_emotion(engine: Any, clips: Sequence[ClipInfo], seed: int = 0
         while ready := [streams[i] for i in playing if engine.is_ready(streams[i])]:
             engine.step(ready)
         for i in playing:
-            for _ in streams[i].frames():  # not kept: only the emotion is read
-                pass
+            deque(streams[i].frames(), maxlen=0)  # forgotten: only the emotion is read
             probabilities = streams[i].emotion_probabilities()
             right[i] += probabilities is not None and labels[int(probabilities.argmax())] == playlists[i][turn].emotion
     for stream in streams:
