@@ -6,6 +6,7 @@ import random
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from emotalk_stream.training import config, corpus, trainer
 from emotalk_stream.training.checkpoint import load_model
 from emotalk_stream.training.data import by_split, load_folder, pair_groups
 from emotalk_stream.training.emotion_head import emotion_labels, pooled_features, refit_emotion_head
+from emotalk_stream.training.input_level import model_input
 from emotalk_stream.training.losses import EmoTalkLoss
 from emotalk_stream.training.model import EmoTalk
 from emotalk_stream.training.model_files import model_hash
@@ -121,6 +123,45 @@ def test_init_fine_tunes_from_a_model(tiny_corpus: Path, one_epoch: Path, tmp_pa
     distance = lambda m: sum(float((a - b).abs().sum())  # noqa: E731
                              for a, b in zip(start.state_dict().values(), m.state_dict().values()))
     assert distance(tuned) < 0.5 * distance(EmoTalk(start.cfg))
+
+
+def test_collate_puts_a_share_of_the_clips_through_the_normaliser(tiny_corpus: Path) -> None:
+    clips = trainer.load_clips(by_split(load_folder(tiny_corpus), "train")[:2], config.small(), "", quiet=True)
+    heard = {share: trainer.collate([(clips[0], clips[1])], 30, np.random.default_rng(3), "light", share).audio_a[0]
+             for share in (0.0, 1.0)}
+    n = len(clips[0].audio)  # the first clip's microphone is drawn before its share: the same in both
+    assert np.allclose(heard[1.0][:n].numpy(), model_input(heard[0.0][:n].numpy(), "agc"), atol=1e-6)
+    assert not np.allclose(heard[1.0][:n].numpy(), heard[0.0][:n].numpy(), atol=1e-3)
+
+
+def test_a_model_trained_hearing_both_levels_is_finished_hearing_the_normaliser(tiny_corpus: Path, one_epoch: Path,
+                                                                                tmp_path: Path) -> None:
+    """--input-level both: the weights train on clips heard raw and normalised; the emotion head,
+    prototypes and temperature are fitted hearing the normaliser, as the finished model will."""
+    run = tmp_path / "tuned"
+    assert trainer.main(train_args(tiny_corpus, run, "--epochs", "1", "--init", str(one_epoch / "best"),
+                                   "--input-level", "both")) == 0
+    assert load_model(run / "last").cfg.input_level == "raw"
+    finished = load_model(run / "best")
+    assert finished.cfg.input_level == "agc" and finished.cfg.extra["trained_input_level"] == "both"
+    train = trainer.load_clips(by_split(load_folder(tiny_corpus), "train"), finished.cfg, "", quiet=True)
+    cpu = torch.device("cpu")
+    labels = emotion_labels(train, cpu)
+    heard = trainer.emotion_prototypes(finished, pooled_features(finished, train, cpu), labels)
+    finished.cfg = replace(finished.cfg, input_level="raw")
+    raw = trainer.emotion_prototypes(finished, pooled_features(finished, train, cpu), labels)
+    assert torch.allclose(finished.emotion_prototypes, heard, atol=1e-5)
+    assert not torch.allclose(finished.emotion_prototypes, raw, atol=1e-3)
+
+
+def test_a_level_the_family_cannot_hear_is_refused(tiny_corpus: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    large = tmp_path / "large.json"  # the large family takes raw input only
+    config.large().save(large)
+    assert trainer.main(train_args(tiny_corpus, tmp_path / "run", "--epochs", "1", "--config", str(large),
+                                   "--input-level", "both")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "agc" in err[0] and not (tmp_path / "run").exists()
 
 
 def test_init_of_a_missing_model_is_one_clear_line(tiny_corpus: Path, tmp_path: Path,

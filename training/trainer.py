@@ -35,13 +35,14 @@ from .checkpoint import load_model, save_checkpoint
 from .data import ClipInfo, by_split, frame_warp, load_folder, pair_groups, read_alignment, read_labels
 from .emotion_head import emotion_labels, pooled_features, refit_emotion_head
 from .errors import UserError, add_debug_flag, run_cli
-from .input_level import MODES
+from .input_level import MODES, model_input
 from .losses import EmoTalkLoss, PairBatch, masked_mse
 from .model import EmoTalk
 from .model_files import model_hash, resolve_checkpoint
 
 PROG = "emotalk-train"
 AUGMENTATIONS = ("full", "light", "none")
+BOTH_NORMALISED_SHARE = 0.5  # --input-level both: the share of training clips heard through the normaliser
 CALIBRATION_SPLIT = "xvoice"  # the corpus's held-out voices: the emotion head is calibrated on them
 
 
@@ -101,17 +102,24 @@ def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def collate(pairs: list[tuple[LoadedClip, LoadedClip]], fps: int, rng: np.random.Generator | None,
-            augmentation: str = "full") -> PairBatch:
+            augmentation: str = "full", normalised_share: float = 0.0) -> PairBatch:
     """A batch of pairs; with `rng`, each clip augmented: "full", through a random microphone, room
-    and level, with babble made from the batch's other clips; "light", a small gain and noise floor."""
+    and level, with babble made from the batch's other clips; "light", a small gain and noise floor;
+    then that share of the clips put through the input level normaliser (`--input-level both`)."""
     clips = [clip for pair in pairs for clip in pair]
 
-    def prep(clip: LoadedClip) -> np.ndarray:
+    def microphone(clip: LoadedClip) -> np.ndarray:
         if rng is None or augmentation == "none":
             return clip.audio
         if augmentation == "light":
             return light_augment(clip.audio, rng)
         return augment(clip.audio, clip.alignment, rng, [c.audio for c in clips if c is not clip])
+
+    def prep(clip: LoadedClip) -> np.ndarray:
+        heard = microphone(clip)
+        if rng is not None and normalised_share and rng.random() < normalised_share:
+            return model_input(heard, "agc")
+        return heard
 
     audio_a, _ = _pad([prep(a) for a, _ in pairs])
     audio_b, _ = _pad([prep(b) for _, b in pairs])
@@ -206,11 +214,15 @@ def fit_emotion_temperature(model: EmoTalk, clips: list[LoadedClip], device: tor
 
 
 def finalise(folder: Path, train_clips: list[LoadedClip], val_clips: list[LoadedClip],
-             calibration: list[LoadedClip], device: torch.device, provenance: dict, quiet: bool = True) -> float:
+             calibration: list[LoadedClip], device: torch.device, provenance: dict, quiet: bool = True,
+             input_level: str | None = None) -> float:
     """Make a checkpoint usable: its emotion head refitted on the frozen encoder (`emotion_head`),
     its emotion prototypes (what --emotion LABEL blends towards) and its calibrated emotion
-    temperature; returns the temperature."""
+    temperature, all hearing `input_level` (the model's own by default) as it will be run; returns
+    the temperature."""
     model = load_model(folder, device=device)
+    if input_level is not None:
+        model.cfg = replace(model.cfg, input_level=input_level)
     features, labels = pooled_features(model, train_clips, device, quiet), emotion_labels(train_clips, device)
     accuracy = refit_emotion_head(model, features, labels, pooled_features(model, val_clips, device, quiet),
                                   emotion_labels(val_clips, device))
@@ -238,6 +250,18 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> dict:
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
     return json.loads((folder / "trainer.json").read_text())
+
+
+def hearing(cfg: config_mod.ModelConfig, level: str | None) -> config_mod.ModelConfig:
+    """`cfg` as training hears: `level` (--input-level) where one is given. "both" trains at the raw
+    level (`collate` normalises a share of the clips) and finishes hearing the normaliser, so the
+    family must be able to take it: refused here, before the data loads, if it cannot."""
+    if level is None:
+        return cfg
+    if level == "both":
+        replace(cfg, input_level="agc")  # raises the UserError of a family that cannot take it
+        return replace(cfg, input_level="raw")
+    return replace(cfg, input_level=level)
 
 
 def resolve_config(name: str) -> config_mod.ModelConfig:
@@ -279,9 +303,7 @@ def train(args: argparse.Namespace) -> int:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    cfg = resolve_config(args.config)
-    if args.input_level is not None:
-        cfg = replace(cfg, input_level=args.input_level)
+    cfg = hearing(resolve_config(args.config), args.input_level)
     clips = load_corpora(args.data)
     train_clips = load_clips(by_split(clips, "train"), cfg, "loading train", quiet)
     val_clips = load_clips(by_split(clips, "val")[: args.val_limit], cfg, "loading val", quiet)
@@ -292,11 +314,12 @@ def train(args: argparse.Namespace) -> int:
 
     if args.resume or args.init:
         model = load_model(resume_from if args.resume else args.init, device=device)
-        if args.init and args.input_level is not None:
-            model.cfg = replace(model.cfg, input_level=args.input_level)
+        if args.init:
+            model.cfg = hearing(model.cfg, args.input_level)
         cfg = model.cfg
     else:
         model = EmoTalk(cfg).to(device)
+    both = args.input_level == "both"
     model.train()  # load_model hands models out in eval mode; dropout belongs to training
     loss_module: nn.Module = EmoTalkLoss(model, cross=not args.no_cross).to(device)
     if world > 1:
@@ -328,7 +351,7 @@ def train(args: argparse.Namespace) -> int:
         bar = tqdm(mine, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=quiet, file=sys.stderr)
         for batch_pairs in bar:
             batch = collate([(train_clips[i], train_clips[j]) for i, j in batch_pairs], cfg.fps, aug_rng,
-                            args.augment)
+                            args.augment, BOTH_NORMALISED_SHARE if both else 0.0)
             lookahead = rng.randint(0, max_lookahead)
             loss, parts = loss_module(batch.to(device), lookahead)
             optimizer.zero_grad(set_to_none=True)
@@ -367,13 +390,15 @@ def train(args: argparse.Namespace) -> int:
         dist.destroy_process_group()
     if main_rank:
         provenance = {"data": [str(d) for d in args.data], "seed": args.seed, "init": init,
-                      "cross_reconstruction": not args.no_cross, "augmentation": args.augment}
+                      "cross_reconstruction": not args.no_cross, "augmentation": args.augment,
+                      "trained_input_level": "both" if both else cfg.input_level}
         held_out = CALIBRATION_SPLIT if any(c.split == CALIBRATION_SPLIT for c in clips) else "val"
         calibration = load_clips(by_split(clips, held_out)[: args.val_limit], cfg, f"calibrating on {held_out}", quiet)
-        temperature = finalise(out / "best", train_clips, val_clips, calibration, device, provenance, quiet)
+        level = "agc" if both else None
+        temperature = finalise(out / "best", train_clips, val_clips, calibration, device, provenance, quiet, level)
         for n in args.snapshot_epochs:
             if n <= state["epoch"]:
-                finalise(out / f"epoch-{n}", train_clips, val_clips, calibration, device, provenance, quiet)
+                finalise(out / f"epoch-{n}", train_clips, val_clips, calibration, device, provenance, quiet, level)
         state["finished"] = True  # best/ now has its emotion prototypes
         (out / "last" / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
         print(f"{PROG}: best model (validation loss {state['best_val_loss']:.5f}, emotion temperature "
@@ -403,8 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", choices=AUGMENTATIONS, default="full",
                    help="full: real-microphone conditions (rooms, noise, bandwidth, levels, gates; the default); "
                         "light: +-4 dB and a faint noise floor (the first recipe); none: the clean corpus audio")
-    p.add_argument("--input-level", choices=MODES, default=None,
-                   help="agc: the model hears level-normalised audio (the small preset's); raw: as recorded")
+    p.add_argument("--input-level", choices=(*MODES, "both"), default=None,
+                   help="agc: the model hears level-normalised audio (the small preset's); raw: as recorded; "
+                        "both: half the training clips each way at random, and the finished model hears agc "
+                        "(the bundled recipe's second stage; default: the config's)")
     p.add_argument("--snapshot-epochs", type=int, nargs="*", default=[], metavar="N",
                    help="also keep the model after these epochs (RUN/epoch-N, finalised like best/): "
                         "ablations at a smaller budget compare with them")
