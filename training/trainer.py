@@ -117,6 +117,7 @@ def collate(pairs: list[tuple[LoadedClip, LoadedClip]], fps: int, rng: np.random
 
     def prep(clip: LoadedClip) -> np.ndarray:
         heard = microphone(clip)
+        # no draw at all without a share: runs without --input-level both keep their augmentation
         if rng is not None and normalised_share and rng.random() < normalised_share:
             return model_input(heard, "agc")
         return heard
