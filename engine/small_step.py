@@ -15,7 +15,8 @@ a bounded view; the state is what each part remembers of the past:
   `tail`: the last encoder frame (output frames interpolate between two encoder frames);
 - `dec_k{i}`/`dec_v{i}`: the decoder's self-attention keys and values over its bounded past (rings);
 - `emo_sum`/`emo_count`: running mean of the emotion features, the speaker's baseline an override
-  shifts; `emo_recent`/`emo_recent_weight`: their decayed sums (`recent_mean`), the voice's emotion;
+  shifts and the stream's emotion is read against; `emo_recent`/`emo_recent_weight`: their decayed
+  sums (`recent_mean`), the voice's emotion;
 - `step`/`next_frame`: counters, so each stream of a batch may be at its own phase.
 
 Frame bookkeeping: step s (hop of h encoder frames, look-ahead L) computes front-end frames
@@ -313,12 +314,12 @@ class SmallStreamingStep(nn.Module):
         count = states["emo_count"][:, None] + counted.cumsum(dim=1)
         so_far = seen / count.clamp(min=1.0)[..., None]
         baseline = model.audio_feature_map_emo(so_far)
-        # Each frame's emotion over the voice's recent frames (as EmoTalk.encode_as_streamed); the
-        # last slot's is the stream's. A label's prototype, or under auto that emotion in proportion
-        # to its confidence, is the target.
+        # Each frame's emotion over the voice's recent frames against the speaker's usual (as
+        # EmoTalk.encode_as_streamed); the last slot's is the stream's. A label's prototype, or
+        # under auto that emotion in proportion to its confidence, is the target.
         recent, weight = decayed_sums(emo_hidden, counted, states["emo_count"], states["emo_recent"],
                                       states["emo_recent_weight"], self.recent_frames)
-        logits = model.audio_encoder_emo.classifier(recent / weight.clamp(min=1.0)[..., None])
+        logits = model.stream_emotion(recent / weight.clamp(min=1.0)[..., None], seen, count)
         target = model.emotion_target(emotion, logits, count, self.calm)
         attended = shift_to_prototype(memory, baseline, target, emotion_strength)  # as EmoTalk.override_emotion
         memory = blend_to_prototype(memory, target, emotion_strength)

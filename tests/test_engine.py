@@ -217,8 +217,9 @@ def test_emotion_estimate_matches_offline(model: EmoTalk, clips: list[np.ndarray
 
 
 def test_the_streams_emotion_follows_a_change_in_the_voice(clips: list[np.ndarray]) -> None:
-    """The voice's emotion is its recent one: after 12 s of one voice, 12 s of another read as that
-    other voice alone does, where the mean since the stream began would read half of each."""
+    """The voice's emotion is its recent one: after 12 s of one reading, 12 s of another read as that
+    other reading alone does, where the mean since the stream began would read half of each. Against
+    a speaker's usual that now includes the first reading, the second reads more surely so."""
     engine = Engine.load("default")
     first = np.tile(clips[0], 3)[: 12 * 16000]
     slowed = np.interp(np.arange(0, len(clips[0]), 0.75), np.arange(len(clips[0])), clips[0])
@@ -226,7 +227,7 @@ def test_the_streams_emotion_follows_a_change_in_the_voice(clips: list[np.ndarra
     (_, p_first), (_, p_second), (_, p_both) = engine.process_with_emotion(
         [first, second, np.concatenate([first, second])])
     assert p_first.argmax() != p_second.argmax() and np.abs(p_first - p_second).max() > 0.5
-    np.testing.assert_allclose(p_both, p_second, atol=0.02)
+    assert p_both.argmax() == p_second.argmax() and p_both.max() >= p_second.max()
 
 
 def faces_under_a_decided_head(model: EmoTalk, clip: np.ndarray, **engine_args: object

@@ -12,7 +12,7 @@ from emotalk_stream.training.data import time_warp
 from emotalk_stream.training.losses import gather_frames
 from emotalk_stream.training.framing import frame_count
 from emotalk_stream.training.model import (SURE, ClassificationHead, EmoTalk, alibi_causal_bias, confident_weights,
-                                           decayed_sums, recent_mean)
+                                           decayed_sums, recent_mean, speaker_baseline)
 from emotalk_stream.training.streaming_encoder import LogMel, StreamingEncoder, samples_needed
 
 
@@ -215,3 +215,31 @@ def test_the_emotion_head_is_unsure_far_from_the_features_it_was_fitted_on() -> 
     assert torch.equal(head(far), torch.zeros_like(plain[2]))  # beyond: every label alike
     head.dropout.p = 0.0
     assert torch.equal(head.train()(far), plain[2])  # training fits the plain logits
+
+
+def test_a_voice_is_read_against_its_speakers_usual_features() -> None:
+    """A voice whose every frame sits the same way off the training voices' mean (a low or tense
+    voice) reads at first as that offset does, and once its speaker is known as the training mean
+    does; a change from its usual still reads as that change. Trust stays that of the voice itself."""
+    torch.manual_seed(0)
+    head = ClassificationHead(4, 3).eval()
+    head.familiar_mean.copy_(torch.tensor([1.0, -1.0, 0.0, 0.5]))
+    voice, change = head.familiar_mean + torch.tensor([0.0, 1.5, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 0.0])
+    # Without a known region there is no training mean to read against: the voice as it is.
+    assert torch.equal(head.relative_to_speaker(voice, torch.zeros(4)), head(voice))
+    head.familiar_precision.copy_(torch.eye(4))
+    head.familiar_range.copy_(torch.tensor([1.0, 2.0]))
+    prior = 10.0
+    at_start = speaker_baseline(torch.zeros(4), torch.tensor(0.0), head.familiar_mean, prior)
+    torch.testing.assert_close(at_start, head.familiar_mean)
+    torch.testing.assert_close(head.relative_to_speaker(voice, at_start), head(voice))
+    # After 1000 frames of it, the baseline is the speaker's, 1% of the way back to the prior.
+    known = speaker_baseline(1000 * voice, torch.tensor(1000.0), head.familiar_mean, prior)
+    torch.testing.assert_close(known, voice + (head.familiar_mean - voice) * prior / 1010)
+    trust = head.familiarity(voice)
+    assert 0.0 < trust < 1.0  # 1.5 from the mean: between full trust and none
+    usual = head.relative_to_speaker(voice, voice)
+    torch.testing.assert_close(usual, head(head.familiar_mean) * trust)
+    torch.testing.assert_close(head.relative_to_speaker(voice + change, voice),
+                               head(head.familiar_mean + change) * head.familiarity(voice + change))
+    assert not torch.allclose(usual, head(voice))

@@ -334,3 +334,4 @@ def test_a_stream_reads_each_clips_emotion_as_its_voices_clips_play_back_to_back
                               for c, (_, p) in zip(espeak_corpus, readings)])
     assert alone_accuracy >= 0.8  # the model's own voices
     assert result["stream_emotion_accuracy"] >= 0.6
+    assert 0.0 <= result["stream_emotion_ece"] <= 1.0  # the readings' calibration, reported beside

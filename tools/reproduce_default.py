@@ -130,7 +130,7 @@ def markdown(results: dict) -> str:
     lines.append("| metric | " + " | ".join(columns) + " | mean-pose baseline |")
     lines.append("|---" * (len(columns) + 2) + "|")
     for key in ("lip_mae", "jaw_open_corr", "emotion_accuracy", "emotion_ece", "upper_mae", "bilabial_closure",
-                "stream_emotion_accuracy"):
+                "stream_emotion_accuracy", "stream_emotion_ece"):
         cells = [_cell(results["models"][c]["xvoice"].get(key)) for c in columns]
         base = results["models"][columns[0]]["xvoice"]["baseline_mean_pose"].get(key)
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {_cell(base)} |")

@@ -29,6 +29,8 @@ SURE = 0.5  # `auto` shows a detected emotion from this calibrated probability u
 EVIDENCE_S = 2.0  # and in full only once this much of the stream is heard: a few frames are no evidence
 RECENT_S = 3.0  # the voice's recent emotion (what a stream reports, `auto` shows): a plain mean over
 # the stream's first RECENT_S, then its past fades with this time constant (`recent_mean`)
+SPEAKER_PRIOR_S = 2.5  # a stream's emotion is read against its speaker's usual features, which start
+# as the training voices' mean counted as this much speech (`speaker_baseline`)
 
 # The emotion head's known region (ClassificationHead.familiarity): checkpoints from before it, and
 # official ones, lack these buffers and load with the region unset.
@@ -62,8 +64,20 @@ class ClassificationHead(nn.Module):
         self.register_buffer("familiar_range", torch.zeros(2))  # full trust up to this distance, none from that
 
     def forward(self, pooled: Tensor) -> Tensor:
-        logits = self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+        logits = self._logits(pooled)
         return logits if self.training else logits * self.familiarity(pooled)[..., None]
+
+    def _logits(self, pooled: Tensor) -> Tensor:
+        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+
+    def relative_to_speaker(self, pooled: Tensor, baseline: Tensor) -> Tensor:
+        """Logits of `pooled` read against the speaker's usual features (`baseline`, same shape): moved by
+        how far the baseline lies from the training voices' mean, so that a naturally low or tense
+        voice is not read as sad or angry. The trust (`familiarity`) stays that of `pooled` itself:
+        a voice unlike any the head was fitted on is still unsure. A head without a known region has
+        no training mean to move to and reads `pooled` as it is."""
+        moved = torch.where(self.familiar_range[1] > 0, pooled - baseline + self.familiar_mean, pooled)
+        return self._logits(moved) * self.familiarity(pooled)[..., None]
 
     def familiarity(self, pooled: Tensor) -> Tensor:
         """(...,) 1 within `familiar_range[0]` of the training features (Mahalanobis distance), falling
@@ -145,6 +159,13 @@ def running_mean(memory: Tensor) -> Tensor:
     """(B, T, D) -> the mean of frames 0..t at each t: the speaker's baseline as heard so far."""
     count = torch.arange(1, memory.shape[1] + 1, device=memory.device, dtype=memory.dtype)
     return memory.cumsum(dim=1) / count[None, :, None]
+
+
+def speaker_baseline(total: Tensor, count: Tensor, prior: Tensor, prior_frames: float) -> Tensor:
+    """The speaker's usual emotion features after `count` (...,) frames summing to `total` (..., D):
+    their mean, with `prior` (D,), the training voices' mean, counted as `prior_frames` more frames.
+    A new stream starts at the prior and becomes its own speaker's within a few `prior_frames`."""
+    return (total + prior_frames * prior) / (count[..., None] + prior_frames)
 
 
 def decayed_sums(x: Tensor, counted: Tensor, before: Tensor, total: Tensor, weight: Tensor, frames: float
@@ -269,12 +290,23 @@ class EmoTalk(nn.Module):
     def encode_as_streamed(self, audio: Tensor, frame_num: int, lookahead: int | None = None
                            ) -> tuple[Tensor, Tensor, Tensor]:
         """Content, emotion memory, and each frame's emotion logits over the voice's recent frames
-        (B, T, labels; `recent_mean`), as a stream's step finds them: what a stream reports and
-        `auto` shows at that frame (`auto_target`)."""
+        (B, T, labels; `recent_mean`) against the speaker's usual (`stream_emotion`), as a stream's
+        step finds them: what a stream reports and `auto` shows at that frame (`auto_target`)."""
         heard = self.hear(audio)
         hidden, _ = self.audio_encoder_emo(heard, frame_num, self._lookahead(lookahead))
-        recent = self.audio_encoder_emo.classifier(recent_mean(hidden, RECENT_S * self.cfg.fps))
+        count = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
+        recent = self.stream_emotion(recent_mean(hidden, RECENT_S * self.cfg.fps), hidden.cumsum(dim=1),
+                                     count.expand(hidden.shape[:2]))
         return self._content(heard, frame_num, lookahead), self.audio_feature_map_emo(hidden), recent
+
+    def stream_emotion(self, recent: Tensor, total: Tensor, count: Tensor) -> Tensor:
+        """A stream's emotion logits (..., labels): the voice's recent features (..., D) read against
+        its speaker's usual (`speaker_baseline` of the `total` (..., D) of its `count` (...,) frames
+        so far). On each held-out voice's clips back to back as one stream this reads 0.520 right
+        where the recent features alone read 0.442 (docs/model.md#relative-to-the-speaker)."""
+        classifier = self.audio_encoder_emo.classifier
+        baseline = speaker_baseline(total, count, classifier.familiar_mean, SPEAKER_PRIOR_S * self.cfg.fps)
+        return classifier.relative_to_speaker(recent, baseline)
 
     def auto_target(self, logits: Tensor, heard: Tensor, calm: Tensor) -> Tensor:
         """(..., labels) emotion logits over `heard` (...,) frames of the stream -> (..., d_model) the

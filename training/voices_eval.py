@@ -64,6 +64,7 @@ import numpy as np
 from ..engine.arousal import decoder_levels
 from .audio import read_audio
 from .blendshapes import INDEX, NAMES
+from .calibration import expected_calibration_error
 from .control_values import FOLLOW_VOICE, parse_emotion
 from .data import ClipInfo, read_alignment
 from .errors import UserError
@@ -321,7 +322,8 @@ def corpus_closure(engine: Any, clips: Sequence[ClipInfo], controls: Any = None)
 def speaker_stream_emotion(engine: Any, clips: Sequence[ClipInfo], seed: int = 0) -> dict[str, Any]:
     """The emotion a stream reports as its voice's feeling changes: each voice's labelled clips (a
     clip without one, espeak-ng's, is its person's voice) played back to back in a `seed`ed random
-    order as one stream through `engine`, read at each clip's end (to within a hop). A reading that
+    order as one stream through `engine`, read at each clip's end (to within a hop): the share read
+    right, per voice and in all, and the readings' expected calibration error. A reading that
     rests on everything since the stream began scores near chance here on long streams while
     scoring clips alone as well (docs/model.md#the-voices-recent-emotion)."""
     labels = engine.cfg.emotion_labels
@@ -334,6 +336,7 @@ def speaker_stream_emotion(engine: Any, clips: Sequence[ClipInfo], seed: int = 0
     playlists = [[voices[name][i] for i in rng.permutation(len(voices[name]))] for name in names]
     streams = [engine.create_stream() for _ in playlists]
     right = [0] * len(playlists)
+    readings, truths = [], []
     for turn in range(max(map(len, playlists), default=0)):
         playing = [i for i, playlist in enumerate(playlists) if turn < len(playlist)]
         for i in playing:
@@ -344,11 +347,15 @@ def speaker_stream_emotion(engine: Any, clips: Sequence[ClipInfo], seed: int = 0
             deque(streams[i].frames(), maxlen=0)  # forgotten: only the emotion is read
             probabilities = streams[i].emotion_probabilities()
             right[i] += probabilities is not None and labels[int(probabilities.argmax())] == playlists[i][turn].emotion
+            if probabilities is not None:
+                readings.append(probabilities)
+                truths.append(labels.index(playlists[i][turn].emotion))
     for stream in streams:
         stream.close()
     per_voice = {name: _round(right[i] / len(playlists[i]), 3) for i, name in enumerate(names)}
+    ece = expected_calibration_error(np.stack(readings), np.array(truths)) if readings else None
     return {"stream_emotion_accuracy": _round(sum(right) / max(1, sum(map(len, playlists))), 3),
-            "stream_emotion_accuracy_by_voice": per_voice}
+            "stream_emotion_accuracy_by_voice": per_voice, "stream_emotion_ece": _round(ece, 3)}
 
 
 def evaluate_voices(engine: Any, clips: Sequence[Clip], noise_seconds: float = NOISE_SECONDS,
