@@ -5,9 +5,11 @@
 Two recipes. `bundled` (the default) makes the bundled model in two stages. The first trains on
 3.5 h of espeak-ng voices with the light augmentation and the raw input level for 11 epochs; its
 config then gains the input level normaliser in front. The second fine-tunes it (`emotalk-train
---init`) for 3 epochs on 2 h of flite's natural voices with 2.5 h of espeak-ng so that nothing is
-forgotten, with the lip-aperture loss term (docs/results.md#real-voices says why), hearing half the
-clips at the raw level and half through the normaliser (`--input-level both`).
+--init`) for 3 epochs on 2 h of flite's natural voices and 1 h of Kokoro-82M's (24 speakers and
+mixes of two) with 2.5 h of espeak-ng so that nothing is forgotten, with the lip-aperture loss term
+(docs/results.md#real-voices says why), hearing half the clips at the raw level and half through the
+normaliser (`--input-level both`). Kokoro's many voices are what make the lips shut on real voices
+from run to run (docs/results.md#hearing-both-levels).
 `natural` is the second recipe: 2.5 h of espeak-ng and 2 h of flite's natural voices, the
 real-microphone augmentation, the level-normalised input, 10 epochs from scratch; measured, and not
 better on real voices.
@@ -15,7 +17,9 @@ better on real voices.
 Steps, each skipped when its output already exists (so an interrupted run continues):
 1. the corpora: espeak-ng voices (--hours), flite's voices (whose held-out voice awb is part of the
    cross-voice split), Festival's voices (the held-out engine: all cross-voice), for `bundled` a
-   2.5 h espeak-ng corpus for the second stage, and a fresh espeak-ng evaluation corpus (--eval-seed);
+   2.5 h espeak-ng corpus and 1 h of Kokoro's voices for the second stage (Kokoro's voices must be
+   fetched first: `python -m emotalk_stream.training.kokoro_voice --fetch`), and a fresh espeak-ng
+   evaluation corpus (--eval-seed);
 2. the `small` model with the paper's objective (and the second stage);
 3. with --ablations, at a smaller budget (--ablation-epochs; the main run keeps a snapshot at the
    same step count): without the emotion-disentangling pairs, and for `natural` without the new
@@ -34,7 +38,8 @@ Every kept model is finished by `emotalk-train` with its emotion head refitted o
 encoder (`training/emotion_head.py`; about 1.5 minutes a stage), and every scored model's
 cross-voice figures include the stream emotion (about 3 minutes of CPU); the timing below predates both.
 
-1 h 18 min (`bundled`, timed: docs/results.md#a-timed-rebuild-from-nothing) or about 1 h 50 min
+1 h 18 min (`bundled`, timed: docs/results.md#a-timed-rebuild-from-nothing; Kokoro's voices in the
+second stage have added about 10 minutes of corpus and 4 of training since) or about 1 h 50 min
 (`natural`) on 2 cores without --ablations.
 """
 from __future__ import annotations
@@ -51,11 +56,11 @@ import torch
 from emotalk_stream.engine import Controls, Engine
 from emotalk_stream.engine.interface import ENCODER_FRAME_MS
 from emotalk_stream.engine.onnx_export import export_artifact
-from emotalk_stream.training import corpus, trainer
+from emotalk_stream.training import corpus, kokoro_voice, trainer
 from emotalk_stream.training.checkpoint import load_model
 from emotalk_stream.training.model_files import DEFAULT_ENGINE, DEFAULT_MODEL, model_hash
 from emotalk_stream.training.data import by_split, load_folder
-from emotalk_stream.training.errors import add_debug_flag, run_cli
+from emotalk_stream.training.errors import UserError, add_debug_flag, run_cli
 from emotalk_stream.training.evaluate import emotion_transfer, evaluate
 from emotalk_stream.training.trainer import CALIBRATION_SPLIT, load_corpora
 from emotalk_stream.training.voices import find_clips
@@ -66,6 +71,7 @@ PROG = "emotalk-reproduce"
 RECIPES = {"bundled": (3.5, 11), "natural": (2.5, 10)}  # espeak-ng hours, epochs
 TUNE_ESPEAK_HOURS, TUNE_EPOCHS, TUNE_SEED = 2.5, 3, 3  # the bundled recipe's second stage (at most --hours, --epochs)
 FESTIVAL_HOURS = 0.3  # Festival's three voices, all in the cross-voice split
+KOKORO_HOURS = 1.0  # Kokoro-82M's voices for the bundled recipe's second stage (its held-out voices: calibration)
 ROWS = (
     ("lip_mae", "lip MAE, mouth + jaw (lower is better)"),
     ("lip_max_error", "lip max error (lower)"),
@@ -185,11 +191,14 @@ def reproduce(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     bundled = args.recipe == "bundled"
     espeak, flite, festival, eval_data = (work / n for n in ("corpus", "corpus-flite", "corpus-festival", "eval-corpus"))
-    tune_espeak = work / "corpus-tune"
+    tune_espeak, kokoro = work / "corpus-tune", work / "corpus-kokoro"
     corpora = [(espeak, args.hours, args.seed, "espeak"), (flite, args.flite_hours, args.seed, "flite"),
                (festival, FESTIVAL_HOURS, args.seed, "festival"), (eval_data, args.eval_hours, args.eval_seed, "espeak")]
     if bundled:
-        corpora.append((tune_espeak, min(TUNE_ESPEAK_HOURS, args.hours), args.seed, "espeak"))
+        corpora += [(tune_espeak, min(TUNE_ESPEAK_HOURS, args.hours), args.seed, "espeak"),
+                    (kokoro, KOKORO_HOURS, args.seed, "kokoro")]
+    if bundled and not (kokoro / "metadata.csv").exists() and (problem := kokoro_voice.missing()):
+        raise UserError(problem)  # before hours of the other corpora and training, not after
     for folder, hours, seed, voices in corpora:
         if not (folder / "metadata.csv").exists():
             log(f"generating {hours} h {voices} corpus in {folder} (seed {seed})")
@@ -198,10 +207,11 @@ def reproduce(args: argparse.Namespace) -> int:
     budget = args.ablation_epochs
 
     def tune_run(name: str, first_stage: Path, augment: str) -> Run:
-        """The bundled recipe's second stage: flite's voices and espeak-ng from the first stage's weights,
-        half the clips heard at the raw level as the first stage heard them (hearing only the normaliser,
-        it lost the lips' closing from run to run: docs/results.md#hearing-both-levels)."""
-        return Run(name, (tune_espeak, flite), min(TUNE_EPOCHS, args.epochs),
+        """The bundled recipe's second stage: flite's and Kokoro's voices and espeak-ng from the first
+        stage's weights, half the clips heard at the raw level as the first stage heard them (hearing
+        only the normaliser, or without Kokoro's voices, it lost the lips' closing from run to run:
+        docs/results.md#hearing-both-levels)."""
+        return Run(name, (tune_espeak, flite, kokoro), min(TUNE_EPOCHS, args.epochs),
                    ("--augment", augment, "--init", str(first_stage), "--seed", str(TUNE_SEED),
                     "--input-level", "both"))
 
@@ -240,7 +250,10 @@ def reproduce(args: argparse.Namespace) -> int:
         checkpoints.update({key: run.checkpoint(work) for key, run in ablations.items()})
 
     default, auto = Controls(), Controls(emotion="auto")
-    results: dict = {"train_corpora": {"espeak_hours": args.hours, "flite_hours": args.flite_hours, "seed": args.seed},
+    train_corpora = {"espeak_hours": args.hours, "flite_hours": args.flite_hours, "seed": args.seed}
+    if bundled:
+        train_corpora["kokoro_hours"] = KOKORO_HOURS
+    results: dict = {"train_corpora": train_corpora,
                      "eval_corpus": {"hours": args.eval_hours, "seed": args.eval_seed, "split": "test"}, "models": {}}
     torch.manual_seed(0)
     for key, path in checkpoints.items():
