@@ -1,5 +1,6 @@
-"""`emotalk-reproduce` refuses up front what it cannot finish: the bundled recipe's second stage
-hears Kokoro's voices, so without their files it stops before hours of corpora and training."""
+"""`emotalk-reproduce` refuses up front what it cannot finish: every speech engine its corpora need
+is found before any corpus is made, so Kokoro's voices missing (the bundled recipe's second stage
+hears them, and their corpus comes last) stop it before hours of corpora and training."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -19,7 +19,8 @@ Steps, each skipped when its output already exists (so an interrupted run contin
    cross-voice split), Festival's voices (the held-out engine: all cross-voice), for `bundled` a
    2.5 h espeak-ng corpus and 1 h of Kokoro's voices for the second stage (Kokoro's voices must be
    fetched first: `python -m emotalk_stream.training.kokoro_voice --fetch`), and a fresh espeak-ng
-   evaluation corpus (--eval-seed);
+   evaluation corpus (--eval-seed); every engine still needed is found before any is used, so a
+   missing one stops the run at once with the command that installs it;
 2. the `small` model with the paper's objective (and the second stage);
 3. with --ablations, at a smaller budget (--ablation-epochs; the main run keeps a snapshot at the
    same step count): without the emotion-disentangling pairs, and for `natural` without the new
@@ -56,11 +57,11 @@ import torch
 from emotalk_stream.engine import Controls, Engine
 from emotalk_stream.engine.interface import ENCODER_FRAME_MS
 from emotalk_stream.engine.onnx_export import export_artifact
-from emotalk_stream.training import corpus, kokoro_voice, trainer
+from emotalk_stream.training import corpus, trainer
 from emotalk_stream.training.checkpoint import load_model
 from emotalk_stream.training.model_files import DEFAULT_ENGINE, DEFAULT_MODEL, model_hash
 from emotalk_stream.training.data import by_split, load_folder
-from emotalk_stream.training.errors import UserError, add_debug_flag, run_cli
+from emotalk_stream.training.errors import add_debug_flag, run_cli
 from emotalk_stream.training.evaluate import emotion_transfer, evaluate
 from emotalk_stream.training.trainer import CALIBRATION_SPLIT, load_corpora
 from emotalk_stream.training.voices import find_clips
@@ -197,12 +198,13 @@ def reproduce(args: argparse.Namespace) -> int:
     if bundled:
         corpora += [(tune_espeak, min(TUNE_ESPEAK_HOURS, args.hours), args.seed, "espeak"),
                     (kokoro, KOKORO_HOURS, args.seed, "kokoro")]
-    if bundled and not (kokoro / "metadata.csv").exists() and (problem := kokoro_voice.missing()):
-        raise UserError(problem)  # before hours of the other corpora and training, not after
-    for folder, hours, seed, voices in corpora:
-        if not (folder / "metadata.csv").exists():
-            log(f"generating {hours} h {voices} corpus in {folder} (seed {seed})")
-            corpus.generate(folder, hours, seed, workers=args.workers, voices=voices)
+    missing = [(folder, hours, seed, voices) for folder, hours, seed, voices in corpora
+               if not (folder / "metadata.csv").exists()]
+    for voices in dict.fromkeys(voices for *_, voices in missing):
+        corpus.engine_setup(voices)  # an engine not installed stops here, not after hours of the others
+    for folder, hours, seed, voices in missing:
+        log(f"generating {hours} h {voices} corpus in {folder} (seed {seed})")
+        corpus.generate(folder, hours, seed, workers=args.workers, voices=voices)
     both = (espeak, flite)
     budget = args.ablation_epochs
 

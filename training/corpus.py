@@ -363,6 +363,49 @@ def _prepare(out: Path, overwrite: bool) -> None:
         raise UserError(f"cannot write to --out {out} (permission denied): choose a writable directory")
 
 
+class EngineSetup(NamedTuple):
+    """A speech engine as a corpus of it uses it: what corpus.json records, the metadata columns and
+    splits, and for espeak-ng the library."""
+
+    settings: dict
+    columns: tuple[str, ...]
+    splits: tuple[str, ...]
+    espeak: Espeak | None = None
+
+
+def engine_setup(voices: str, espeak_library: str | None = None) -> EngineSetup:
+    """Find the engine `voices` ("espeak", "flite", "festival", "piper" or "kokoro"), or raise the
+    UserError naming what to install: a caller making several corpora checks every engine first."""
+    if voices not in ENGINES:
+        raise UserError(f"--voices must be one of {', '.join(ENGINES)}, got {voices!r}")
+    named = COLUMNS + ("voice",)
+    if voices == "flite":
+        return EngineSetup({"voices": "flite", "flite": flite.default_flite().version,
+                            "flite_voices": list(flite.VOICES), "held_out_voice": HELD_OUT_VOICE},
+                           named, SPLITS + (XVOICE,))
+    if voices == "festival":
+        return EngineSetup({"voices": "festival", "festival": festival.default_festival().version,
+                            "festival_voices": list(festival.VOICES), "held_out_voices": list(festival.VOICES)},
+                           named, SPLITS + (XVOICE,))
+    if voices == "piper":
+        return EngineSetup({"voices": "piper", "piper": piper_voice.default_piper().version,
+                            "piper_voices": list(piper_voice.VOICES),
+                            "piper_alignment_shift_s": piper_voice.ALIGNMENT_SHIFT_S},
+                           named, SPLITS)
+    if voices == "kokoro":
+        problem = kokoro_voice.missing()  # checked here: with workers, only they load the model
+        if problem:
+            raise UserError(problem)
+        return EngineSetup({"voices": "kokoro", "kokoro": kokoro_voice.version(),
+                            "kokoro_voices": list(kokoro_voice.VOICES), "kokoro_mix_share": round(KOKORO_MIX_SHARE, 4),
+                            "kokoro_mix_weights": list(KOKORO_MIX_WEIGHTS),
+                            "held_out_voices": list(KOKORO_HELD_OUT)},
+                           named, SPLITS + (XVOICE,))
+    espeak = Espeak(espeak_library) if espeak_library else default_espeak()
+    return EngineSetup({"persons": [person(i).voice for i in range(PERSONS)], "espeak_ng": espeak.version},
+                       COLUMNS, SPLITS, espeak)
+
+
 def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bool = False,
              progress: bool = True, espeak_library: str | None = None, voices: str = "espeak") -> CorpusSummary:
     """Write a corpus of at least `hours` of audio to `out` (whole sentences, so slightly more).
@@ -373,36 +416,8 @@ def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bo
         raise UserError(f"--hours must be greater than 0, got {hours}: e.g. --hours 3")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    if voices not in ENGINES:
-        raise UserError(f"--voices must be one of {', '.join(ENGINES)}, got {voices!r}")
+    engine = engine_setup(voices, espeak_library)
     out = Path(out)
-    espeak: Espeak | None = None
-    if voices == "flite":
-        engine_settings = {"voices": "flite", "flite": flite.default_flite().version,
-                           "flite_voices": list(flite.VOICES), "held_out_voice": HELD_OUT_VOICE}
-        columns, split_names = COLUMNS + ("voice",), SPLITS + (XVOICE,)
-    elif voices == "festival":
-        engine_settings = {"voices": "festival", "festival": festival.default_festival().version,
-                           "festival_voices": list(festival.VOICES), "held_out_voices": list(festival.VOICES)}
-        columns, split_names = COLUMNS + ("voice",), SPLITS + (XVOICE,)
-    elif voices == "piper":
-        engine_settings = {"voices": "piper", "piper": piper_voice.default_piper().version,
-                           "piper_voices": list(piper_voice.VOICES),
-                           "piper_alignment_shift_s": piper_voice.ALIGNMENT_SHIFT_S}
-        columns, split_names = COLUMNS + ("voice",), SPLITS
-    elif voices == "kokoro":
-        problem = kokoro_voice.missing()  # checked here: with workers, only they load the model
-        if problem:
-            raise UserError(problem)
-        engine_settings = {"voices": "kokoro", "kokoro": kokoro_voice.version(),
-                           "kokoro_voices": list(kokoro_voice.VOICES), "kokoro_mix_share": round(KOKORO_MIX_SHARE, 4),
-                           "kokoro_mix_weights": list(KOKORO_MIX_WEIGHTS),
-                           "held_out_voices": list(KOKORO_HELD_OUT)}
-        columns, split_names = COLUMNS + ("voice",), SPLITS + (XVOICE,)
-    else:
-        espeak = Espeak(espeak_library) if espeak_library else default_espeak()
-        engine_settings = {"persons": [person(i).voice for i in range(PERSONS)], "espeak_ng": espeak.version}
-        columns, split_names = COLUMNS, SPLITS
     _prepare(out, overwrite)
     began = time.perf_counter()
     target = hours * 3600.0
@@ -413,7 +428,7 @@ def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bo
     with bar:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the same arithmetic in this process as in a worker
-        rendered = _rendered(seed, workers, espeak, voices)
+        rendered = _rendered(seed, workers, engine.espeak, voices)
         try:
             for sentence in rendered:
                 for clip in sentence:
@@ -430,20 +445,20 @@ def generate(out: Path, hours: float, seed: int, workers: int = 1, overwrite: bo
             torch.set_num_threads(threads)
     rows.sort(key=lambda r: str(r["clip"]))
     with open(out / "metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=engine.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     splits = {s: {"clips": sum(r["split"] == s for r in rows),
                   "sentences": len({r["content"] for r in rows if r["split"] == s}),
                   "seconds": round(sum(float(r["seconds"]) for r in rows if r["split"] == s), 3)}
-              for s in split_names}
+              for s in engine.splits}
     summary = CorpusSummary(out, len(rows), len({r["content"] for r in rows}), round(seconds, 3), splits,
                             time.perf_counter() - began)
     settings = {
         "version": CORPUS_VERSION, "generator": "emotalk-corpus", "seed": seed, "hours": hours,
         "sample_rate": SAMPLE_RATE, "fps": FPS, "blendshapes": list(blendshapes.NAMES),
         "emotions": list(RAVDESS_EMOTIONS), "levels": {"0": STRENGTH[0], "1": STRENGTH[1]},
-        **engine_settings,
+        **engine.settings,
         "counts": {"clips": summary.clips, "sentences": summary.sentences, "seconds": summary.seconds,
                    "splits": splits},
     }
