@@ -37,10 +37,9 @@ Steps, each skipped when its output already exists (so an interrupted run contin
 
 Every kept model is finished by `emotalk-train` with its emotion head refitted on the frozen
 encoder (`training/emotion_head.py`; about 1.5 minutes a stage), and every scored model's
-cross-voice figures include the stream emotion (about 3 minutes of CPU); the timing below predates both.
+cross-voice figures include the stream emotion (about 3 minutes of CPU), both in the timing below.
 
-1 h 18 min (`bundled`, timed: docs/results.md#a-timed-rebuild-from-nothing; Kokoro's voices in the
-second stage have added about 10 minutes of corpus and 4 of training since) or about 1 h 50 min
+1 h 32 min (`bundled`, timed: docs/results.md#a-timed-rebuild-from-nothing) or about 1 h 50 min
 (`natural`) on 2 cores without --ablations.
 """
 from __future__ import annotations
